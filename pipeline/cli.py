@@ -1,0 +1,187 @@
+"""`stepwise` command line: run | import | query | export.
+
+Exit codes: 0 done; 1 the job or command failed (message on stderr); 2 bad usage or an invalid job file
+(the message names the field, and nothing is written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from pipeline.errors import JobSpecError, StepwiseError
+from pipeline.runner import JobSummary
+
+err = Console(stderr=True)
+out = Console()
+
+
+class _Bar:
+    """A live progress bar over shards, with examples, accepted and rejected counts."""
+
+    def __init__(self, label: str, quiet: bool):
+        self.accepted = self.rejected = 0
+        self.progress = Progress(
+            TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("shards"),
+            TextColumn("[green]{task.fields[accepted]} accepted[/] [red]{task.fields[rejected]} rejected[/]"),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=err, disable=quiet,
+        )
+        self.task = None
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.__exit__(*exc)
+
+    def __call__(self, done: int, total: int, records) -> None:
+        if self.task is None:
+            self.task = self.progress.add_task("run", total=total, accepted=0, rejected=0)
+        acc = sum(1 for r in records if r.accepted)
+        self.accepted += acc
+        self.rejected += len(records) - acc
+        self.progress.update(self.task, completed=done, accepted=self.accepted, rejected=self.rejected)
+
+
+def print_summary(summary: JobSummary, root: Path) -> None:
+    t = Table(title=f"job {summary.job_id}: {summary.status}", show_header=False)
+    t.add_row("examples", f"{summary.n_examples:,}")
+    t.add_row("records", f"{summary.n_records:,}")
+    t.add_row("accepted", f"{summary.n_accepted:,}")
+    t.add_row("rejected", f"{summary.n_rejected:,}")
+    if summary.n_with_gold:
+        t.add_row("teacher accuracy", f"{summary.n_correct / summary.n_with_gold:.2%} "
+                                      f"({summary.n_correct:,} / {summary.n_with_gold:,} with gold)")
+    if summary.tokens_in or summary.tokens_out:
+        t.add_row("tokens in / out", f"{summary.tokens_in:,} / {summary.tokens_out:,}")
+    t.add_row("shards run / skipped", f"{summary.shards_run} / {summary.shards_skipped}")
+    for reason, n in summary.reject_reasons.items():
+        t.add_row(f"  rejected: {reason}", f"{n:,}")
+    t.add_row("corpus", str(root))
+    err.print(t)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.runner import run_job
+    from pipeline.spec import load_job
+
+    spec = load_job(args.job)  # validated before anything is written
+    with _Bar(f"{spec.job_id}", args.quiet) as bar:
+        summary = run_job(spec, args.corpus, overwrite=args.overwrite, progress=bar)
+    print_summary(summary, Path(args.corpus))
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from pipeline.importers import import_dsbs
+
+    with _Bar(f"import {args.job_id}", args.quiet) as bar:
+        summary, extra = import_dsbs(args.src, args.split, args.task, args.corpus, args.job_id,
+                                     teacher_model=args.teacher_model, overwrite=args.overwrite, progress=bar)
+    if extra:
+        err.print(f"[yellow]warning:[/] {extra} completions had no matching gold row and were not imported")
+    print_summary(summary, Path(args.corpus))
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from storage.catalog import query
+
+    table = query(args.corpus, args.sql, max_rows=args.max_rows, timeout_s=args.timeout)
+    rows = table.to_pylist()
+    if args.format == "json":
+        sys.stdout.write(json.dumps(rows, default=str, ensure_ascii=False) + "\n")
+    elif args.format == "jsonl":
+        for row in rows:
+            sys.stdout.write(json.dumps(row, default=str, ensure_ascii=False) + "\n")
+    else:
+        t = Table(*table.column_names)
+        for row in rows:
+            t.add_row(*("" if v is None else str(v) for v in row.values()))
+        out.print(t)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pipeline.exports import export_job, parse_split
+
+    summary = export_job(args.corpus, args.job, args.format, args.out, label_source=args.label_source,
+                         split=parse_split(args.split), seed=args.seed)
+    parts = ", ".join(f"{k}: {v:,}" for k, v in summary.rows.items())
+    err.print(f"exported {summary.records:,} accepted records of job {args.job} as {summary.format} "
+              f"to {summary.path} ({parts} rows)")
+    if summary.skipped_no_gold:
+        err.print(f"[yellow]skipped {summary.skipped_no_gold:,} records without a gold label[/]")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pipeline.exports import FORMATS
+
+    p = argparse.ArgumentParser(prog="stepwise", description="Rationale corpora for distilling LLMs into small models.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run (or resume) a job file to the end")
+    run.add_argument("job", help="job file (YAML)")
+    run.add_argument("--corpus", default="corpus", help="corpus root folder (default ./corpus)")
+    run.add_argument("--overwrite", action="store_true", help="replace the records of a job with the same id")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(func=cmd_run)
+
+    imp = sub.add_parser("import", help="import recorded teacher output from a public release")
+    imp_sub = imp.add_subparsers(dest="source", required=True)
+    dsbs = imp_sub.add_parser("dsbs", help="the Distilling step-by-step release layout")
+    dsbs.add_argument("--src", required=True, help="one dataset folder, e.g. .../distilling-step-by-step/cqa")
+    dsbs.add_argument("--split", required=True, help="train, valid or test")
+    dsbs.add_argument("--task", required=True, help="multiple_choice, nli, arithmetic, yes_no, exact or auto")
+    dsbs.add_argument("--corpus", default="corpus")
+    dsbs.add_argument("--job-id", required=True)
+    dsbs.add_argument("--teacher-model", default="palm-540b")
+    dsbs.add_argument("--overwrite", action="store_true")
+    dsbs.add_argument("--quiet", action="store_true")
+    dsbs.set_defaults(func=cmd_import)
+
+    q = sub.add_parser("query", help="read-only SQL over the `records` and `jobs` views")
+    q.add_argument("sql")
+    q.add_argument("--corpus", default="corpus")
+    q.add_argument("--format", choices=("json", "jsonl", "table"), default="table")
+    q.add_argument("--max-rows", type=int, default=100_000)
+    q.add_argument("--timeout", type=float, default=60.0, help="seconds")
+    q.set_defaults(func=cmd_query)
+
+    ex = sub.add_parser("export", help="write a job's accepted records for student training")
+    ex.add_argument("--corpus", default="corpus")
+    ex.add_argument("--job", required=True)
+    ex.add_argument("--format", required=True, choices=FORMATS)
+    ex.add_argument("--out", required=True, help="output file, or folder when --split is given")
+    ex.add_argument("--label-source", choices=("teacher", "gold"), default="teacher")
+    ex.add_argument("--split", help="train,valid,test fractions, e.g. 0.8,0.1,0.1")
+    ex.add_argument("--seed", type=int, default=0)
+    ex.set_defaults(func=cmd_export)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except JobSpecError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        return 2
+    except StepwiseError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        return 1
+    except KeyboardInterrupt:
+        err.print("interrupted: finished shards are kept; run the same command again to resume")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

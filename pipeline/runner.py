@@ -1,0 +1,226 @@
+"""Run a job: read examples, cut them into deterministic shards, run each shard, write it atomically.
+
+`run_shard` is the one unit of work (the Ray executor of a later issue schedules the same function). A shard
+is done when its part file exists: part files are written atomically, so a killed run resumes at the first
+shard without one and never writes a record twice.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.datasets import read_examples
+from pipeline.errors import JobConflictError, StepwiseError
+from pipeline.parsing import parse_completion
+from pipeline.spec import JobSpec
+from pipeline.tasks import Task, build_task
+from pipeline.teachers import TeacherBackend, build_backend
+from pipeline.types import Example, RationaleRecord, RejectReason, RowReject, Sampling, TeacherRequest
+from pipeline.validate import judge_example
+from prompts import PromptTemplate, load_prompt
+from storage.jobs import JobRegistry, JobState
+from storage.parquet import remove_stale_temp_files, write_records
+
+Item = Example | RowReject
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """Everything a shard needs, built once per job."""
+
+    job_id: str
+    spec: JobSpec
+    task: Task
+    prompt: PromptTemplate
+    backend: TeacherBackend
+
+    @property
+    def sampling(self) -> Sampling:
+        s = self.spec.sampling
+        return Sampling(s.temperature, s.top_p, s.max_tokens, s.seed, tuple(s.stop))
+
+
+@dataclass
+class JobSummary:
+    """What a finished run reports."""
+
+    job_id: str
+    status: str
+    n_examples: int = 0
+    n_records: int = 0
+    n_accepted: int = 0
+    n_rejected: int = 0
+    n_correct: int = 0
+    n_with_gold: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    shards_run: int = 0
+    shards_skipped: int = 0
+    reject_reasons: dict[str, int] = field(default_factory=dict)
+
+
+def shard_path(root: Path, job_id: str, shard: int) -> Path:
+    return Path(root) / "records" / job_id / f"shard-{shard:06d}.parquet"
+
+
+def _record(ctx: JobContext, created: datetime, example_id: str, sample_idx: int, **kw) -> RationaleRecord:
+    base = dict(
+        job_id=ctx.job_id, example_id=example_id, sample_idx=sample_idx, task=ctx.task.kind, input=None,
+        gold_label=None, label=None, rationale=None, correct=None, accepted=False, reject_reason=None,
+        reject_detail=None, consensus_label=None, agreement=None, prompt_id=ctx.prompt.id,
+        prompt_hash=ctx.prompt.hash, teacher_backend=ctx.backend.backend, teacher_model=ctx.backend.model,
+        request_key=None, finish_reason=None, tokens_in=None, tokens_out=None, latency_s=None, completion=None,
+        created_at=created,
+    )
+    base.update(kw)
+    return RationaleRecord(**base)
+
+
+def run_shard(ctx: JobContext, items: Sequence[Item]) -> list[RationaleRecord]:
+    """Turn one shard of examples into records: requests, completions, parsing, verdicts."""
+    created = datetime.now(UTC)
+    n = ctx.spec.sampling.n
+    sampling = ctx.sampling
+    records: list[RationaleRecord] = []
+    ready: list[tuple[Example, str | None, str]] = []  # example, gold label, student input
+    requests: list[TeacherRequest] = []
+    for item in items:
+        if isinstance(item, RowReject):
+            records.append(_record(ctx, created, item.id, 0, reject_reason=RejectReason.BAD_ROW.value,
+                                   reject_detail=item.reason))
+            continue
+        try:
+            gold = ctx.task.normalize_gold(item.gold, item) if item.gold is not None else None
+            messages = ctx.prompt.render(item, ctx.task, gold)
+        except (ValueError, StepwiseError) as exc:
+            records.append(_record(ctx, created, item.id, 0, input=item.input, reject_reason=RejectReason.BAD_ROW.value,
+                                   reject_detail=f"row {item.meta.get('row', '?')}: {exc}"))
+            continue
+        ready.append((item, gold, ctx.task.student_input(item)))
+        for k in range(n):
+            requests.append(TeacherRequest(item.id, k, messages, sampling, ctx.prompt.id, ctx.prompt.hash,
+                                           ctx.backend.backend, ctx.backend.model))
+    completions = {(c.example_id, c.sample_idx): c for c in ctx.backend.complete(requests)}
+    for example, gold, student_input in ready:
+        comps = [completions.get((example.id, k)) for k in range(n)]
+        parsed = [parse_completion(c, example, ctx.task, ctx.prompt.output) for c in comps]
+        verdicts = judge_example(parsed, gold, ctx.task, ctx.spec.filters)
+        for k, (c, p, v) in enumerate(zip(comps, parsed, verdicts, strict=True)):
+            records.append(_record(
+                ctx, created, example.id, k, input=student_input, gold_label=gold, label=p.label,
+                rationale=p.rationale, correct=v.correct, accepted=v.accepted,
+                reject_reason=v.reason.value if v.reason else None, reject_detail=v.detail,
+                consensus_label=v.consensus_label, agreement=v.agreement,
+                request_key=c.request_key if c else None, finish_reason=c.finish_reason if c else None,
+                tokens_in=c.tokens_in if c else None, tokens_out=c.tokens_out if c else None,
+                latency_s=c.latency_s if c else None, completion=c.text if c else None,
+            ))
+    return records
+
+
+def load_items(spec: JobSpec) -> list[Item]:
+    return list(read_examples(spec.dataset))
+
+
+def prepare_context(spec: JobSpec, items: Sequence[Item], *, backend: TeacherBackend | None = None,
+                    prompt: PromptTemplate | None = None) -> tuple[JobContext, list[Item]]:
+    """Build the task (inferring `auto` from the data), prompt and backend; complete the examples."""
+    examples = [i for i in items if isinstance(i, Example)]
+    task = build_task(spec.task, examples[:500])
+    prompt = prompt or load_prompt(spec.prompt, task.kind)
+    backend = backend or build_backend(spec.teacher)
+    prepared = [task.prepare(i) if isinstance(i, Example) else i for i in items]
+    return JobContext(spec.job_id, spec, task, prompt, backend), prepared
+
+
+def summarize(root: Path, job_id: str) -> JobSummary:
+    """Counters for a job, read back from its part files (the durable truth)."""
+    folder = Path(root) / "records" / job_id
+    summary = JobSummary(job_id=job_id, status="")
+    files = sorted(folder.glob("*.parquet"))
+    if not files:
+        return summary
+    cols = ["example_id", "accepted", "reject_reason", "correct", "gold_label", "tokens_in", "tokens_out"]
+    table = pq.ParquetDataset(files).read(columns=cols)
+    summary.n_records = table.num_rows
+    summary.n_examples = len(pc.unique(table["example_id"]))
+    summary.n_accepted = int(pc.sum(table["accepted"]).as_py() or 0)
+    summary.n_rejected = summary.n_records - summary.n_accepted
+    summary.n_correct = int(pc.sum(pc.fill_null(table["correct"], False)).as_py() or 0)
+    summary.n_with_gold = int(pc.sum(pc.is_valid(table["gold_label"])).as_py() or 0)
+    summary.tokens_in = int(pc.sum(table["tokens_in"]).as_py() or 0)
+    summary.tokens_out = int(pc.sum(table["tokens_out"]).as_py() or 0)
+    reasons = Counter(table["reject_reason"].drop_null().to_pylist())
+    summary.reject_reasons = dict(reasons.most_common())
+    return summary
+
+
+ProgressFn = Callable[[int, int, list[RationaleRecord]], None]  # (shards done, shards total, new records)
+
+
+def run_job(spec: JobSpec, root: str | Path, *, items: Sequence[Item] | None = None,
+            backend: TeacherBackend | None = None, prompt: PromptTemplate | None = None,
+            overwrite: bool = False, progress: ProgressFn | None = None) -> JobSummary:
+    """Run (or resume) a job to the end and return its summary."""
+    root = Path(root)
+    job_id = spec.job_id
+    assert job_id, "parse_job gives every spec a job id"
+    registry = JobRegistry(root)
+    previous = registry.get(job_id)
+    fingerprint = spec.fingerprint()
+    if previous is not None and previous.fingerprint != fingerprint:
+        if not overwrite:
+            raise JobConflictError(f"job {job_id!r} already exists in {root} with a different spec; "
+                                   f"use another job_id, or --overwrite to replace its records")
+    if overwrite:
+        shutil.rmtree(root / "records" / job_id, ignore_errors=True)
+        previous = None
+    items = load_items(spec) if items is None else items
+    ctx, items = prepare_context(spec, items, backend=backend, prompt=prompt)
+    size = spec.shard_size
+    shards = [items[i:i + size] for i in range(0, len(items), size)] or [[]]
+    now = datetime.now(UTC)
+    state = JobState(
+        job_id=job_id, status="running", fingerprint=fingerprint, spec_json=spec.model_dump_json(),
+        task=ctx.task.kind, prompt_id=ctx.prompt.id, prompt_hash=ctx.prompt.hash,
+        teacher_backend=ctx.backend.backend, teacher_model=ctx.backend.model, n_shards=len(shards),
+        n_examples=len(items), created_at=previous.created_at if previous else now, updated_at=now,
+    )
+    state = registry.save(state)
+    remove_stale_temp_files(root / "records" / job_id)
+    run = skipped = 0
+    try:
+        for index, shard in enumerate(shards):
+            path = shard_path(root, job_id, index)
+            if path.exists():
+                skipped += 1
+                if progress:
+                    progress(index + 1, len(shards), [])
+                continue
+            records = run_shard(ctx, shard)
+            if records:
+                write_records(records, path)
+            run += 1
+            if progress:
+                progress(index + 1, len(shards), records)
+    except BaseException as exc:
+        status = "cancelled" if isinstance(exc, KeyboardInterrupt) else "failed"
+        registry.save(replace(state, status=status, error=f"{type(exc).__name__}: {exc}"[:2000]))
+        raise
+    summary = summarize(root, job_id)
+    summary.status = "completed"
+    summary.shards_run, summary.shards_skipped = run, skipped
+    registry.save(replace(
+        state, status="completed", shards_done=len(shards), n_records=summary.n_records,
+        n_accepted=summary.n_accepted, n_rejected=summary.n_rejected, tokens_in=summary.tokens_in,
+        tokens_out=summary.tokens_out,
+    ))
+    return summary

@@ -1,0 +1,213 @@
+"""`JobSpec`: the one job schema used by YAML job files, the CLI and (later) the REST API.
+
+Validation happens when a spec is built and every error names its field (`dataset.path: Field required`).
+Secrets are never part of a spec: a teacher refers to an API key by environment-variable *name*.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import JobSpecError
+
+TaskKind = Literal["multiple_choice", "nli", "arithmetic", "yes_no", "exact", "custom", "auto"]
+_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetSpec(_Strict):
+    """Where the examples come from and which fields mean what."""
+
+    path: str = Field(description="JSONL, JSON (array), CSV or Parquet file")
+    format: Literal["auto", "jsonl", "json", "csv", "parquet"] = "auto"
+    id_field: str | None = Field(None, description="stable id column; else a hash of the row's content")
+    question_field: str = Field("question", description="the question / input text")
+    answer_field: str | None = Field(None, description="gold answer; leave unset for unlabeled data")
+    choices_field: str | None = Field(None, description="list of answer choices (multiple_choice)")
+    premise_field: str | None = Field(None, description="premise column (nli); input is premise + hypothesis")
+    hypothesis_field: str | None = Field(None, description="hypothesis column (nli)")
+    limit: int | None = Field(None, gt=0, description="read at most this many rows")
+    max_row_bytes: int = Field(1_000_000, gt=0, description="rows larger than this are rejected as bad rows")
+
+    @model_validator(mode="after")
+    def _pair(self) -> DatasetSpec:
+        if (self.premise_field is None) != (self.hypothesis_field is None):
+            raise ValueError("premise_field and hypothesis_field go together")
+        return self
+
+
+class TaskSpec(_Strict):
+    """A task kind, optionally with a custom label set and answer pattern."""
+
+    kind: TaskKind
+    labels: list[str] | None = Field(None, description="label set (required for kind: custom)")
+    aliases: dict[str, str] = Field(default_factory=dict, description="answer text -> label")
+    answer_pattern: str | None = Field(None, description="regex; group 1 (else the match) is the answer")
+
+    @field_validator("answer_pattern")
+    @classmethod
+    def _compiles(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _labels(self) -> TaskSpec:
+        if self.kind == "custom" and not self.labels:
+            raise ValueError("kind 'custom' needs a non-empty 'labels' list")
+        if self.labels is not None and self.kind != "custom":
+            raise ValueError(f"'labels' is only for kind 'custom' (kind {self.kind!r} has its own)")
+        for alias, label in self.aliases.items():
+            if self.labels is not None and label not in self.labels:
+                raise ValueError(f"alias {alias!r} maps to {label!r}, which is not in labels")
+        return self
+
+
+class PromptSpec(_Strict):
+    """A built-in prompt id, or a template file of your own."""
+
+    id: str = Field(description="few_shot_cot, zero_shot_cot, structured_json, rationalize, or your own name")
+    path: str | None = Field(None, description="a template file (YAML) to use instead of the built-in one")
+
+
+class SamplingSpec(_Strict):
+    """Sampling parameters, with their OpenAI names. `n` is the number of samples per example."""
+
+    n: int = Field(1, ge=1, le=128)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(512, ge=1, le=131072)
+    seed: int | None = None
+    stop: list[str] = Field(default_factory=list, max_length=4)
+
+
+class FilterSpec(_Strict):
+    """Which parsed records are accepted. Rejected ones are kept, with their reason."""
+
+    require_correct: bool = Field(True, description="reject labels that disagree with gold (when gold exists)")
+    self_consistency: bool = Field(False, description="reject samples that disagree with the majority label")
+    min_agreement: float = Field(0.0, ge=0.0, le=1.0, description="reject all samples below this agreement")
+    min_rationale_chars: int = Field(1, ge=0)
+    max_rationale_chars: int = Field(8000, ge=1)
+    dedupe: bool = Field(True, description="reject exact duplicate rationales among an example's samples")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> FilterSpec:
+        if self.min_rationale_chars > self.max_rationale_chars:
+            raise ValueError("min_rationale_chars is larger than max_rationale_chars")
+        return self
+
+
+class ReplayTeacherSpec(_Strict):
+    """Serves recorded completions (JSONL or Parquet: example_id, sample_idx, text, finish_reason, usage)."""
+
+    backend: Literal["replay"]
+    path: str
+    model: str = Field("replay", description="teacher model name recorded with each record")
+
+
+TeacherSpec = Annotated[ReplayTeacherSpec, Field(discriminator="backend")]
+
+
+class JobSpec(_Strict):
+    """A rationale-generation job."""
+
+    job_id: str | None = Field(None, description="defaults to <job file stem>-<hash of the spec>")
+    dataset: DatasetSpec
+    task: TaskSpec
+    prompt: PromptSpec
+    teacher: TeacherSpec
+    sampling: SamplingSpec = SamplingSpec()
+    filters: FilterSpec = FilterSpec()
+    shard_size: int = Field(1000, ge=1, le=1_000_000, description="examples per shard (the unit of resume)")
+
+    @field_validator("job_id")
+    @classmethod
+    def _job_id(cls, v: str | None) -> str | None:
+        if v is not None and not _JOB_ID.match(v):
+            raise ValueError("job_id must be 1-128 characters of letters, digits, '.', '_' or '-'")
+        return v
+
+    @field_validator("task", mode="before")
+    @classmethod
+    def _task_shorthand(cls, v: object) -> object:
+        return {"kind": v} if isinstance(v, str) else v
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _prompt_shorthand(cls, v: object) -> object:
+        return {"id": v} if isinstance(v, str) else v
+
+    def fingerprint(self) -> str:
+        """Hash of everything that determines the records (the job id excluded)."""
+        blob = json.dumps(self.model_dump(exclude={"job_id"}, mode="json"), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem, each naming the field by its dotted path."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"  {loc or '(top level)'}: {msg}")
+    return "\n".join(lines)
+
+
+def _resolve(path: str, base: Path) -> str:
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def parse_job(data: object, *, source: str = "job", base_dir: Path | None = None,
+              default_job_id: str | None = None) -> JobSpec:
+    """Build a JobSpec from plain data; relative paths are taken relative to `base_dir`."""
+    if not isinstance(data, dict):
+        raise JobSpecError(f"{source} is invalid:\n  (top level): expected a mapping, got {type(data).__name__}")
+    try:
+        spec = JobSpec.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]["loc"] if exc.errors() else ()
+        raise JobSpecError(f"{source} is invalid:\n{format_validation_error(exc)}",
+                           field=".".join(map(str, first)) or None) from None
+    if base_dir is not None:
+        dataset = spec.dataset.model_copy(update={"path": _resolve(spec.dataset.path, base_dir)})
+        teacher = spec.teacher
+        if getattr(teacher, "path", None):
+            teacher = teacher.model_copy(update={"path": _resolve(teacher.path, base_dir)})
+        prompt = spec.prompt
+        if prompt.path:
+            prompt = prompt.model_copy(update={"path": _resolve(prompt.path, base_dir)})
+        spec = spec.model_copy(update={"dataset": dataset, "teacher": teacher, "prompt": prompt})
+    if spec.job_id is None:
+        stem = default_job_id or "job"
+        spec = spec.model_copy(update={"job_id": f"{stem}-{spec.fingerprint()[:8]}"})
+    return spec
+
+
+def load_job(path: str | Path) -> JobSpec:
+    """Read and validate a YAML (or JSON) job file. Raises JobSpecError naming the field."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise JobSpecError(f"cannot read job file {path}: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise JobSpecError(f"job file {path} is not valid YAML: {exc}") from None
+    stem = re.sub(r"[^A-Za-z0-9._-]", "-", path.stem) or "job"
+    return parse_job(data, source=f"job file {path}", base_dir=path.parent.resolve(), default_job_id=stem)

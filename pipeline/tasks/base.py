@@ -1,0 +1,56 @@
+"""What every task kind owns: gold normalisation, answer extraction, comparison, the student input.
+
+A task maps free text into its *label space* (a canonical string per answer) and compares canonical labels.
+The pipeline (for `records.correct`) and the trainer's evaluation call the same methods, so there is one
+comparator per task kind.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+
+from pipeline.types import Example
+
+_WS = re.compile(r"\s+")
+_EDGE_PUNCT = " \t\n\"'`*.,;:!?"
+
+
+def normalize_text(text: str) -> str:
+    """Lower-case, fold white space, strip quotes and edge punctuation: the house string normalisation."""
+    return _WS.sub(" ", text).strip(_EDGE_PUNCT).lower()
+
+
+class Task(ABC):
+    """A task kind. Subclasses are small and stateless apart from their configuration."""
+
+    kind: str = ""
+    #: labels the prompt should offer and the JSON schema should enumerate; None when open-ended
+    labels: tuple[str, ...] | None = None
+
+    def __init__(self, answer_pattern: str | None = None):
+        self.answer_pattern = re.compile(answer_pattern, re.IGNORECASE | re.DOTALL) if answer_pattern else None
+
+    def prepare(self, example: Example) -> Example:
+        """Complete an example read from a dataset (e.g. choices written inline in the question)."""
+        return example
+
+    @abstractmethod
+    def normalize_gold(self, gold: str, example: Example) -> str:
+        """Map a raw gold answer into the label space; raise ValueError saying why it is not valid."""
+
+    @abstractmethod
+    def extract(self, answer: str, example: Example) -> str | None:
+        """Map the teacher's answer text (what follows the answer trigger) into the label space, or None."""
+
+    def compare(self, label: str, gold_label: str) -> bool:
+        """Whether two canonical labels are the same answer."""
+        return label == gold_label
+
+    def student_input(self, example: Example) -> str:
+        """The text the student sees (exports and training)."""
+        return example.input
+
+    def label_choices(self, example: Example) -> tuple[str, ...] | None:
+        """The labels a teacher may choose from for this example, for prompts and JSON schemas."""
+        return self.labels

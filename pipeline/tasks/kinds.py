@@ -1,0 +1,233 @@
+"""The built-in task kinds: multiple_choice, nli, arithmetic, yes_no, exact, and custom label sets."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+from pipeline.tasks.base import Task, normalize_text
+from pipeline.tasks.numbers import UnsafeExpression, canonical_number, evaluate, numbers_equal
+from pipeline.types import Example
+
+# ── multiple choice ──────────────────────────────────────────────────────────────────────────────────────────────
+_INLINE_CHOICES = re.compile(r"answer choices\s*:\s*(.*)$", re.IGNORECASE | re.DOTALL)
+_INLINE_OPTION = re.compile(r"\(([A-Za-z])\)\s*(.*?)\s*(?=,?\s*\([A-Za-z]\)|$)", re.DOTALL)
+_LETTER_PREFIX = re.compile(r"^\(?([A-Za-z])\)(?:\s+|$)|^\(?([A-Za-z])\)?[.:]?$")
+
+
+def letter(index: int) -> str:
+    return chr(ord("a") + index)
+
+
+class MultipleChoiceTask(Task):
+    """Choices given as a list (or inline as `Answer choices: (A) x, (B) y.`); labels are the choice texts.
+
+    The teacher may answer with a letter, `(d) text`, or the text alone. Choices may repeat: labels are
+    compared as normalised text, so two identical choices are the same answer.
+    """
+
+    kind = "multiple_choice"
+
+    def prepare(self, example: Example) -> Example:
+        if example.choices:
+            return example
+        m = _INLINE_CHOICES.search(example.input)
+        if not m:
+            return example
+        options = _INLINE_OPTION.findall(m.group(1).strip())
+        if len(options) < 2:
+            return example
+        choices = tuple(text.rstrip(".").strip() for _, text in options)
+        return replace(example, choices=choices, meta={**example.meta, "choices_inline": True})
+
+    def label_choices(self, example: Example) -> tuple[str, ...] | None:
+        return example.choices
+
+    def student_input(self, example: Example) -> str:
+        if not example.choices or example.meta.get("choices_inline"):
+            return example.input
+        options = "\n".join(f"({letter(i)}) {c}" for i, c in enumerate(example.choices))
+        return f"{example.input}\nAnswer Choices:\n{options}"
+
+    def normalize_gold(self, gold: str, example: Example) -> str:
+        choices = example.choices
+        if not choices:
+            g = gold.strip().strip("()").upper()
+            if len(g) == 1 and g.isalpha():
+                return g
+            raise ValueError(f"gold {gold!r} needs choices: give choices_field or inline 'Answer choices:'")
+        wanted = normalize_text(gold)
+        for c in choices:
+            if normalize_text(c) == wanted:
+                return c
+        g = gold.strip().strip("()")
+        if len(g) == 1 and g.isalpha() and ord(g.lower()) - 97 < len(choices):
+            return choices[ord(g.lower()) - 97]
+        raise ValueError(f"gold {gold!r} is neither a choice nor a choice letter")
+
+    def extract(self, answer: str, example: Example) -> str | None:
+        text = answer.strip()
+        choices = example.choices
+        m = _LETTER_PREFIX.match(text)
+        by_letter = None
+        rest = text
+        if m:
+            code = (m.group(1) or m.group(2)).lower()
+            rest = text[m.end():]
+            if not choices:
+                return code.upper()
+            idx = ord(code) - 97
+            if 0 <= idx < len(choices):
+                by_letter = choices[idx]
+        if not choices:
+            return None
+        wanted = normalize_text(rest)
+        if wanted:
+            for c in choices:
+                if normalize_text(c) == wanted:
+                    return c
+        if by_letter is not None:
+            return by_letter
+        if wanted:  # the answer text mentions exactly one choice, e.g. "a train station, because ..."
+            found = {normalize_text(c) for c in choices if re.search(rf"\b{re.escape(normalize_text(c))}\b", wanted)}
+            if len(found) == 1:
+                hit = found.pop()
+                return next(c for c in choices if normalize_text(c) == hit)
+        return None
+
+    def compare(self, label: str, gold_label: str) -> bool:
+        return normalize_text(label) == normalize_text(gold_label)
+
+
+# ── label sets: nli, yes_no, custom ──────────────────────────────────────────────────────────────────────────────
+class LabelSetTask(Task):
+    """A closed label set with aliases; the first label word in the answer text wins."""
+
+    aliases: dict[str, str] = {}
+
+    def __init__(self, labels: tuple[str, ...], aliases: dict[str, str], answer_pattern: str | None = None):
+        super().__init__(answer_pattern)
+        self.labels = labels
+        self.aliases = {normalize_text(k): v for k, v in aliases.items()}
+        for label in labels:
+            self.aliases.setdefault(normalize_text(label), label)
+        words = sorted(self.aliases, key=len, reverse=True)
+        self._word = re.compile(r"\b(" + "|".join(re.escape(w) for w in words) + r")\b")
+
+    def normalize_gold(self, gold: str, example: Example) -> str:
+        label = self.aliases.get(normalize_text(gold))
+        if label is None:
+            raise ValueError(f"gold {gold!r} is not one of {list(self.labels)}")
+        return label
+
+    def extract(self, answer: str, example: Example) -> str | None:
+        text = normalize_text(answer)
+        exact = self.aliases.get(text)
+        if exact is not None:
+            return exact
+        m = self._word.search(text)
+        return self.aliases[m.group(1)] if m else None
+
+
+NLI_LABELS = ("entailment", "neutral", "contradiction")
+NLI_ALIASES = {
+    "0": "entailment", "1": "neutral", "2": "contradiction",
+    "entails": "entailment", "entailed": "entailment", "entail": "entailment", "yes": "entailment",
+    "true": "entailment",
+    "it is not possible to tell": "neutral", "not possible to tell": "neutral", "undetermined": "neutral",
+    "unknown": "neutral", "maybe": "neutral", "neither": "neutral",
+    "contradicts": "contradiction", "contradict": "contradiction", "contradictory": "contradiction",
+    "no": "contradiction", "false": "contradiction",
+}
+
+
+class NliTask(LabelSetTask):
+    """Natural language inference: entailment / neutral / contradiction (gold may be 0 / 1 / 2)."""
+
+    kind = "nli"
+
+    def __init__(self, answer_pattern: str | None = None):
+        super().__init__(NLI_LABELS, NLI_ALIASES, answer_pattern)
+
+
+class YesNoTask(LabelSetTask):
+    """Yes / no questions (gold may be Yes, no, True, false)."""
+
+    kind = "yes_no"
+
+    def __init__(self, answer_pattern: str | None = None):
+        super().__init__(("yes", "no"), {"true": "yes", "false": "no"}, answer_pattern)
+
+
+class CustomTask(LabelSetTask):
+    """A label set declared in the job file, with optional aliases and answer pattern."""
+
+    kind = "custom"
+
+
+# ── arithmetic ───────────────────────────────────────────────────────────────────────────────────────────────────
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+_EXPR_RUN = re.compile(r"[\d.\s+\-*/()×÷^=x]*\d[\d.\s+\-*/()×÷^=x]*")
+_FIRST_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def _balance(expr: str) -> str:
+    expr = expr.strip().rstrip(".").strip()
+    while expr.count("(") > expr.count(")") and expr.startswith("("):
+        expr = expr[1:].strip()
+    while expr.count(")") > expr.count("(") and expr.endswith(")"):
+        expr = expr[:-1].strip()
+    return expr
+
+
+class ArithmeticTask(Task):
+    """Numeric answers; gold may be a number or an equation such as `( 84.0 / 2.0 )` (evaluated safely).
+
+    The teacher may answer `42`, `$1,234.50`, `(84 / 2)` or `84 / 2 = 42`; the value is what is compared.
+    """
+
+    kind = "arithmetic"
+
+    def normalize_gold(self, gold: str, example: Example) -> str:
+        try:
+            return canonical_number(evaluate(_THOUSANDS.sub("", gold).replace("$", "")))
+        except UnsafeExpression as exc:
+            raise ValueError(f"gold {gold!r} is not a number or an arithmetic expression ({exc})") from None
+
+    def extract(self, answer: str, example: Example) -> str | None:
+        text = _THOUSANDS.sub("", answer.split("\n", 1)[0]).replace("$", "")
+        for run in _EXPR_RUN.findall(text):
+            sides = [_balance(s) for s in run.replace("x", "*").split("=")]
+            for side in reversed(sides):
+                if not side:
+                    continue
+                try:
+                    return canonical_number(evaluate(side))
+                except UnsafeExpression:
+                    m = _FIRST_NUMBER.search(side)
+                    if m:
+                        return canonical_number(float(m.group()))
+        return None
+
+    def compare(self, label: str, gold_label: str) -> bool:
+        try:
+            return numbers_equal(float(label), float(gold_label))
+        except ValueError:
+            return False
+
+
+# ── exact ────────────────────────────────────────────────────────────────────────────────────────────────────────
+class ExactTask(Task):
+    """Free-form answers compared as normalised strings (case, white space, quotes, edge punctuation)."""
+
+    kind = "exact"
+
+    def normalize_gold(self, gold: str, example: Example) -> str:
+        label = normalize_text(gold)
+        if not label:
+            raise ValueError("gold answer is empty")
+        return label
+
+    def extract(self, answer: str, example: Example) -> str | None:
+        label = normalize_text(answer.split("\n", 1)[0])
+        return label or None

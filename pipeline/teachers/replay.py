@@ -1,0 +1,90 @@
+"""`replay` backend: serves recorded completions instead of calling a live teacher.
+
+Accepted files: JSONL or Parquet with `example_id`, `sample_idx` (default 0), `text`, optional
+`finish_reason` and `usage` (`{"prompt_tokens": .., "completion_tokens": ..}`). A request with no recorded
+completion gets a Completion without text, which becomes a `missing_completion` reject.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import TeacherError
+from pipeline.types import Completion, TeacherRequest
+
+Recorded = tuple[str | None, str | None, int | None, int | None]  # text, finish_reason, tokens_in, tokens_out
+
+
+def _usage(row: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    usage = row.get("usage") or {}
+    if not isinstance(usage, dict):
+        usage = {}
+    tin = usage.get("prompt_tokens", row.get("tokens_in"))
+    tout = usage.get("completion_tokens", row.get("tokens_out"))
+    return (int(tin) if isinstance(tin, int) else None, int(tout) if isinstance(tout, int) else None)
+
+
+def _parse_row(row: Any, where: str) -> tuple[tuple[str, int], Recorded]:
+    if not isinstance(row, dict):
+        raise TeacherError(f"{where}: expected an object, got {type(row).__name__}")
+    example_id = row.get("example_id")
+    if not isinstance(example_id, str | int) or example_id == "":
+        raise TeacherError(f"{where}: 'example_id' is missing or not a string")
+    sample_idx = row.get("sample_idx", 0)
+    if sample_idx is None:
+        sample_idx = 0
+    if not isinstance(sample_idx, int) or sample_idx < 0:
+        raise TeacherError(f"{where}: 'sample_idx' must be a non-negative integer")
+    text = row.get("text")
+    if text is not None and not isinstance(text, str):
+        raise TeacherError(f"{where}: 'text' must be a string or null")
+    finish = row.get("finish_reason")
+    return (str(example_id), sample_idx), (text, finish if isinstance(finish, str) else None, *_usage(row))
+
+
+def load_recorded(path: Path) -> dict[tuple[str, int], Recorded]:
+    """Read a completions file into {(example_id, sample_idx): recorded}. Later duplicates win."""
+    if not path.is_file():
+        raise TeacherError(f"replay file not found: {path}")
+    out: dict[tuple[str, int], Recorded] = {}
+    if path.suffix.lower() in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        for i, row in enumerate(pq.read_table(path).to_pylist()):
+            key, rec = _parse_row(row, f"{path} row {i}")
+            out[key] = rec
+        return out
+    with path.open("rb") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise TeacherError(f"{path} line {lineno}: invalid JSON ({exc})") from None
+            key, rec = _parse_row(row, f"{path} line {lineno}")
+            out[key] = rec
+    return out
+
+
+class ReplayBackend:
+    """A teacher that answers from recorded completions."""
+
+    backend = "replay"
+
+    def __init__(self, recorded: Mapping[tuple[str, int], Recorded], model: str = "replay"):
+        self.recorded = recorded
+        self.model = model
+
+    @classmethod
+    def from_file(cls, path: str | Path, model: str = "replay") -> ReplayBackend:
+        return cls(load_recorded(Path(path)), model)
+
+    def complete(self, requests: Sequence[TeacherRequest]) -> Iterator[Completion]:
+        for req in requests:
+            text, finish, tin, tout = self.recorded.get((req.example_id, req.sample_idx), (None, None, None, None))
+            yield Completion(req.cache_key(), req.example_id, req.sample_idx, text, finish, tin, tout, None,
+                             self.model)

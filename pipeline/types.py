@@ -1,0 +1,158 @@
+"""Core types that flow one way through the pipeline.
+
+    Example ──► TeacherRequest ──► Completion ──► Parsed ──► RationaleRecord
+
+A step only sees the type on its left and produces the type on its right.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class RejectReason(StrEnum):
+    """Why a record was not accepted. Stored in `records.reject_reason`; the detail goes to `reject_detail`."""
+
+    BAD_ROW = "bad_row"                      # the dataset row itself is malformed
+    MISSING_COMPLETION = "missing_completion"  # the teacher produced nothing for this request
+    TEACHER_ERROR = "teacher_error"          # the teacher refused this one request (e.g. a 400)
+    TRUNCATED = "truncated"                  # finish_reason == "length"
+    INVALID_JSON = "invalid_json"            # structured output that is not valid JSON for the schema
+    NO_ANSWER = "no_answer"                  # no answer could be extracted from the text
+    LABEL_OUT_OF_SPACE = "label_out_of_space"  # an answer was found but it is not in the task's label space
+    EMPTY_RATIONALE = "empty_rationale"      # an answer without any reasoning
+    TOO_SHORT = "too_short"                  # rationale shorter than filters.min_rationale_chars
+    TOO_LONG = "too_long"                    # rationale longer than filters.max_rationale_chars
+    INCORRECT = "incorrect"                  # label disagrees with the gold answer
+    MINORITY = "minority"                    # label disagrees with the self-consistency majority
+    DUPLICATE = "duplicate"                  # same rationale as an earlier sample of the same example
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    """One dataset row, the only thing a dataset reader yields.
+
+    `input` is the student-facing text (question with its choices, or premise and hypothesis);
+    `gold` is the raw gold answer as a string (None when the data is unlabeled);
+    `meta` carries fields prompts may need (premise, hypothesis, the raw question).
+    """
+
+    id: str
+    input: str
+    gold: str | None = None
+    choices: tuple[str, ...] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RowReject:
+    """A dataset row that could not become an Example; it still becomes a (rejected) record."""
+
+    id: str
+    reason: str
+    raw: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """Sampling parameters that determine a completion (OpenAI names). `n` lives on the job: one request per sample."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 512
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TeacherRequest:
+    """One call to the teacher for one sample of one example."""
+
+    example_id: str
+    sample_idx: int
+    messages: tuple[dict[str, str], ...]
+    sampling: Sampling
+    prompt_id: str
+    prompt_hash: str | None
+    backend: str
+    model: str
+
+    def cache_key(self) -> str:
+        """Hash of exactly what determines the answer: backend, model, messages, sampling, sample index."""
+        payload = {
+            "backend": self.backend,
+            "model": self.model,
+            "messages": list(self.messages),
+            "sampling": {
+                "temperature": self.sampling.temperature,
+                "top_p": self.sampling.top_p,
+                "max_tokens": self.sampling.max_tokens,
+                "seed": self.sampling.seed,
+                "stop": list(self.sampling.stop),
+            },
+            "sample_idx": self.sample_idx,
+        }
+        blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """Raw, unparsed teacher output for one request. `error` is set when the teacher refused this request."""
+
+    request_key: str
+    example_id: str
+    sample_idx: int
+    text: str | None
+    finish_reason: str | None = "stop"
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    latency_s: float | None = None
+    model: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """What parsing one completion yields: a rationale and a label in the task's label space, or a reject."""
+
+    rationale: str | None
+    label: str | None
+    reject: RejectReason | None = None
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RationaleRecord:
+    """One row of the corpus, accepted or rejected with a reason. Field order is the Arrow schema's order."""
+
+    job_id: str
+    example_id: str
+    sample_idx: int
+    task: str
+    input: str
+    gold_label: str | None
+    label: str | None
+    rationale: str | None
+    correct: bool | None
+    accepted: bool
+    reject_reason: str | None
+    reject_detail: str | None
+    consensus_label: str | None
+    agreement: float | None
+    prompt_id: str
+    prompt_hash: str | None
+    teacher_backend: str
+    teacher_model: str
+    request_key: str | None
+    finish_reason: str | None
+    tokens_in: int | None
+    tokens_out: int | None
+    latency_s: float | None
+    completion: str | None
+    created_at: datetime

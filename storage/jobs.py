@@ -1,0 +1,78 @@
+"""The job registry: one small Parquet file per job under `<root>/jobs/`, rewritten atomically on each change."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, fields, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.errors import StorageError
+from storage.parquet import write_table_atomic
+from storage.schema import JOBS_SCHEMA
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class JobState:
+    """One row of the `jobs` view."""
+
+    job_id: str
+    status: str  # running | completed | failed | cancelled
+    fingerprint: str
+    spec_json: str
+    task: str | None = None
+    prompt_id: str | None = None
+    prompt_hash: str | None = None
+    teacher_backend: str | None = None
+    teacher_model: str | None = None
+    n_shards: int = 0
+    shards_done: int = 0
+    n_examples: int = 0
+    n_records: int = 0
+    n_accepted: int = 0
+    n_rejected: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    error: str | None = None
+    created_at: datetime = datetime.fromtimestamp(0, UTC)
+    updated_at: datetime = datetime.fromtimestamp(0, UTC)
+
+
+assert [f.name for f in fields(JobState)] == JOBS_SCHEMA.names
+
+
+def check_job_id(job_id: str) -> str:
+    if not _SAFE_ID.match(job_id):
+        raise StorageError(f"job id {job_id!r} must be 1-128 letters, digits, '.', '_' or '-'")
+    return job_id
+
+
+class JobRegistry:
+    """Reads and writes job rows under `<root>/jobs/`."""
+
+    def __init__(self, root: Path):
+        self.folder = Path(root) / "jobs"
+
+    def path(self, job_id: str) -> Path:
+        return self.folder / f"{check_job_id(job_id)}.parquet"
+
+    def get(self, job_id: str) -> JobState | None:
+        path = self.path(job_id)
+        if not path.is_file():
+            return None
+        try:
+            row = pq.read_table(path, schema=JOBS_SCHEMA).to_pylist()[0]
+        except Exception as exc:  # a corrupt registry row is a storage problem, said plainly
+            raise StorageError(f"cannot read job registry row {path}: {exc}") from None
+        return JobState(**row)
+
+    def save(self, state: JobState) -> JobState:
+        state = replace(state, updated_at=datetime.now(UTC))
+        table = pa.Table.from_pylist([asdict(state)], schema=JOBS_SCHEMA)
+        write_table_atomic(table, self.path(state.job_id))
+        return state

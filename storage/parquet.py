@@ -1,0 +1,66 @@
+"""Atomic Parquet writes: a temp file in the same folder, fsync, then rename. A killed run leaves no half file."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Sequence
+from dataclasses import fields
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.errors import StorageError
+from pipeline.types import RationaleRecord
+from storage.schema import DICTIONARY_COLUMNS, RECORDS_SCHEMA
+
+TMP_SUFFIX = ".tmp"
+_RECORD_FIELDS = [f.name for f in fields(RationaleRecord)]
+assert _RECORD_FIELDS == RECORDS_SCHEMA.names, "RationaleRecord and RECORDS_SCHEMA must list the same columns"
+
+
+def records_to_table(records: Sequence[RationaleRecord]) -> pa.Table:
+    """Column-wise conversion against the explicit schema (no per-batch type inference)."""
+    columns = [pa.array([getattr(r, name) for r in records], type=RECORDS_SCHEMA.field(name).type)
+               for name in _RECORD_FIELDS]
+    return pa.Table.from_arrays(columns, schema=RECORDS_SCHEMA)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_table_atomic(table: pa.Table, path: Path, *, dictionary: list[str] | bool = True) -> None:
+    """Write `table` to `path` so that readers see either no file or the whole file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
+    try:
+        with tmp.open("wb") as fh:
+            pq.write_table(table, fh, compression="zstd", use_dictionary=dictionary, row_group_size=128 * 1024)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise StorageError(f"cannot write {path}: {exc}") from None
+
+
+def write_records(records: Sequence[RationaleRecord], path: Path) -> None:
+    """One part file of records, atomically."""
+    write_table_atomic(records_to_table(records), path, dictionary=DICTIONARY_COLUMNS)
+
+
+def remove_stale_temp_files(folder: Path) -> int:
+    """Delete temp files a killed writer left behind; returns how many."""
+    n = 0
+    if folder.is_dir():
+        for tmp in folder.glob(f".*{TMP_SUFFIX}"):
+            tmp.unlink(missing_ok=True)
+            n += 1
+    return n
