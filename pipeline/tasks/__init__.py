@@ -45,14 +45,20 @@ def build_task(spec: TaskSpec, sample: Iterable[Example] = ()) -> Task:
 def infer_kind(examples: Iterable[Example]) -> str:
     """Guess the task kind from gold answers: nli, yes_no, multiple_choice, arithmetic, else exact."""
     golds: list[str] = []
-    with_choices = with_premise = True
+    with_choices = with_premise = gold_is_choice = True
     mc = MultipleChoiceTask()
     for ex in examples:
         if ex.gold is None:
             continue
         golds.append(ex.gold.strip())
-        with_choices &= bool(mc.prepare(ex).choices)
+        choices = mc.prepare(ex).choices
+        with_choices &= bool(choices)
         with_premise &= "premise" in ex.meta
+        if choices:
+            try:
+                mc.normalize_gold(ex.gold, mc.prepare(ex))
+            except ValueError:
+                gold_is_choice = False
     if not golds:
         raise TaskError("task: auto needs labeled examples (set dataset.answer_field) or an explicit kind")
     lowered = {normalize_text(g) for g in golds}
@@ -60,7 +66,7 @@ def infer_kind(examples: Iterable[Example]) -> str:
         return "nli"
     if lowered <= {"yes", "no", "true", "false"}:
         return "yes_no"
-    if with_choices and all(len(g.strip("()")) == 1 and g.strip("()").isalpha() for g in golds):
+    if with_choices and gold_is_choice:
         return "multiple_choice"
     try:
         for g in golds:

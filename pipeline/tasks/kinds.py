@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import replace
 
@@ -56,13 +57,16 @@ class MultipleChoiceTask(Task):
             if len(g) == 1 and g.isalpha():
                 return g
             raise ValueError(f"gold {gold!r} needs choices: give choices_field or inline 'Answer choices:'")
+        g = gold.strip().strip("()")
+        by_letter = choices[ord(g.lower()) - 97] if len(g) == 1 and g.isalpha() and ord(g.lower()) - 97 < len(choices) else None
+        if by_letter is not None and g.isupper():  # "B" / "(B)" is a letter, even when some choice reads "b"
+            return by_letter
         wanted = normalize_text(gold)
         for c in choices:
             if normalize_text(c) == wanted:
                 return c
-        g = gold.strip().strip("()")
-        if len(g) == 1 and g.isalpha() and ord(g.lower()) - 97 < len(choices):
-            return choices[ord(g.lower()) - 97]
+        if by_letter is not None:
+            return by_letter
         raise ValueError(f"gold {gold!r} is neither a choice nor a choice letter")
 
     def extract(self, answer: str, example: Example) -> str | None:
@@ -112,7 +116,8 @@ class LabelSetTask(Task):
         for label in labels:
             self.aliases.setdefault(normalize_text(label), label)
         words = sorted(self.aliases, key=len, reverse=True)
-        self._word = re.compile(r"\b(" + "|".join(re.escape(w) for w in words) + r")\b")
+        # (?<!\w) / (?!\w) rather than \b, so labels that end in a symbol ("A+") are found too
+        self._word = re.compile(r"(?<!\w)(" + "|".join(re.escape(w) for w in words) + r")(?!\w)")
 
     def normalize_gold(self, gold: str, example: Example) -> str:
         label = self.aliases.get(normalize_text(gold))
@@ -205,8 +210,8 @@ class ArithmeticTask(Task):
                     return canonical_number(evaluate(side))
                 except UnsafeExpression:
                     m = _FIRST_NUMBER.search(side)
-                    if m:
-                        return canonical_number(float(m.group()))
+                    if m and math.isfinite(value := float(m.group())):
+                        return canonical_number(value)
         return None
 
     def compare(self, label: str, gold_label: str) -> bool:

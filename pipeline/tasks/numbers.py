@@ -36,9 +36,12 @@ def _eval_node(node: ast.AST) -> float:
         if isinstance(node.op, ast.Pow) and (abs(right) > _MAX_EXPONENT or abs(left) > 1e6):
             raise UnsafeExpression("exponent too large")
         try:
-            return float(_BINOPS[type(node.op)](left, right))
+            value = _BINOPS[type(node.op)](left, right)
         except (ZeroDivisionError, OverflowError) as exc:
             raise UnsafeExpression(str(exc)) from exc
+        if isinstance(value, complex):  # e.g. (-8) ** 0.5
+            raise UnsafeExpression("not a real number")
+        return float(value)
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
         return _UNARY[type(node.op)](_eval_node(node.operand))
     raise UnsafeExpression(f"unsupported syntax: {type(node).__name__}")
@@ -47,10 +50,10 @@ def _eval_node(node: ast.AST) -> float:
 def evaluate(expression: str) -> float:
     """Evaluate `+ - * / // % **`, parentheses and numbers; raise UnsafeExpression for anything else."""
     text = expression.strip()
-    if _NUMBER_TEXT.match(text):  # the common case, without building a syntax tree
-        return float(text)
     if len(text) > _MAX_LENGTH:
         raise UnsafeExpression("expression too long")
+    if _NUMBER_TEXT.match(text):  # the common case, without building a syntax tree
+        return float(text)
     text = text.replace("×", "*").replace("÷", "/").replace("^", "**")
     try:
         tree = ast.parse(text, mode="eval")
@@ -64,7 +67,9 @@ def evaluate(expression: str) -> float:
 
 def canonical_number(value: float) -> str:
     """One spelling per number: `42`, `0.5`, `-3.25` (at most 6 decimals)."""
-    if value == int(value) and abs(value) < 1e15:
+    if not math.isfinite(value):
+        raise UnsafeExpression("not a finite number")
+    if abs(value) < 1e15 and value == int(value):
         return str(int(value))
     return f"{value:.6f}".rstrip("0").rstrip(".")
 
