@@ -41,13 +41,20 @@ def detect_format(path: Path, declared: str = "auto") -> str:
 
 
 def _looks_like_lines(path: Path) -> bool:
-    """True when the first line is a complete JSON object on its own (JSON lines named .json)."""
+    """True when the first line is a complete JSON object on its own (JSON lines named .json),
+    unless that object is a `{"data": [...]}` wrapper written on one line."""
     with path.open("rb") as fh:
         first = fh.readline()
     try:
-        return isinstance(json.loads(first), dict)
+        obj = json.loads(first)
     except ValueError:
         return False
+    return isinstance(obj, dict) and not isinstance(obj.get("data"), list)
+
+
+def _nbytes(row: Any) -> int:
+    """Size of a row in UTF-8 bytes, as JSON."""
+    return len(json.dumps(row, ensure_ascii=False, default=str).encode("utf-8", errors="surrogateescape"))
 
 
 def _has_surrogates(value: Any) -> bool:
@@ -101,7 +108,7 @@ def _read_json(path: Path, max_bytes: int) -> Iterator[RawItem]:
         if _has_surrogates(row):
             yield index, None, "invalid UTF-8 in a string value", 0
             continue
-        size = len(json.dumps(row, ensure_ascii=False)) if isinstance(row, dict) else 0
+        size = _nbytes(row) if isinstance(row, dict) else 0
         if size > max_bytes:
             yield index, None, f"row is {size} bytes, larger than max_row_bytes={max_bytes}", size
             continue
@@ -127,7 +134,7 @@ def _read_csv(path: Path, max_bytes: int) -> Iterator[RawItem]:
             if None in row:
                 yield index, None, f"row has {len(row) - 1 + len(row[None])} fields, the header has {len(row) - 1}", 0
                 continue
-            size = sum(len(v) for v in row.values() if isinstance(v, str))
+            size = sum(len(v.encode("utf-8", errors="surrogateescape")) for v in row.values() if isinstance(v, str))
             if size > max_bytes:
                 yield index, None, f"row is {size} bytes, larger than max_row_bytes={max_bytes}", size
             elif _has_surrogates(row):
@@ -147,7 +154,7 @@ def _read_parquet(path: Path, max_bytes: int) -> Iterator[RawItem]:
     for batch in pf.iter_batches(batch_size=4096):
         for row in batch.to_pylist():
             index += 1
-            size = len(json.dumps(row, ensure_ascii=False, default=str))
+            size = _nbytes(row)
             if size > max_bytes:
                 yield index, None, f"row is {size} bytes, larger than max_row_bytes={max_bytes}", size
             else:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -55,7 +56,7 @@ def parse_split(text: str | None) -> tuple[float, float, float] | None:
         parts = tuple(float(p) for p in text.split(","))
     except ValueError:
         raise StepwiseError(f"--split {text!r}: expected three numbers such as 0.8,0.1,0.1") from None
-    if len(parts) != 3 or any(p < 0 for p in parts) or abs(sum(parts) - 1.0) > 1e-6:
+    if len(parts) != 3 or not all(math.isfinite(p) and p >= 0 for p in parts) or abs(sum(parts) - 1.0) > 1e-6:
         raise StepwiseError(f"--split {text!r}: expected three non-negative fractions that sum to 1")
     return parts  # type: ignore[return-value]
 

@@ -157,14 +157,35 @@ class JobSpec(_Strict):
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
+TEACHER_BACKENDS = ("replay",)
+
+
+def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+    """(dotted field as written in the job file, message) for each error.
+
+    pydantic puts the discriminator's tag into the location of a tagged union (`teacher.replay.path`);
+    a job file has no such key, so the tag is dropped and tag errors are reported under `teacher.backend`.
+    """
+    out = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        msg = err["msg"].removeprefix("Value error, ")
+        if loc[:1] == ["teacher"]:
+            if err["type"] == "union_tag_invalid":
+                loc, msg = ["teacher", "backend"], (f"unknown backend {err['ctx']['tag']!r}; "
+                                                    f"expected one of {', '.join(map(repr, TEACHER_BACKENDS))}")
+            elif err["type"] == "union_tag_not_found":
+                loc, msg = ["teacher", "backend"], (f"Field required (the discriminator 'backend': one of "
+                                                    f"{', '.join(map(repr, TEACHER_BACKENDS))})")
+            elif len(loc) > 1 and loc[1] in TEACHER_BACKENDS:
+                del loc[1]
+        out.append((".".join(loc) or "(top level)", msg))
+    return out
+
+
 def format_validation_error(exc: ValidationError) -> str:
     """One line per problem, each naming the field by its dotted path."""
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"  {loc or '(top level)'}: {msg}")
-    return "\n".join(lines)
+    return "\n".join(f"  {field}: {msg}" for field, msg in _problems(exc))
 
 
 def _resolve(path: str, base: Path) -> str:
@@ -180,9 +201,9 @@ def parse_job(data: object, *, source: str = "job", base_dir: Path | None = None
     try:
         spec = JobSpec.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]["loc"] if exc.errors() else ()
+        problems = _problems(exc)
         raise JobSpecError(f"{source} is invalid:\n{format_validation_error(exc)}",
-                           field=".".join(map(str, first)) or None) from None
+                           field=problems[0][0] if problems else None) from None
     if base_dir is not None:
         dataset = spec.dataset.model_copy(update={"path": _resolve(spec.dataset.path, base_dir)})
         teacher = spec.teacher

@@ -48,6 +48,8 @@ def connect(root: str | Path) -> duckdb.DuckDBPyConnection:
                                              "autoload_known_extensions": False})
     con.execute(_view_sql("records", root / "records" / "*" / "*.parquet", RECORDS_SCHEMA))
     con.execute(_view_sql("jobs", root / "jobs" / "*.parquet", JOBS_SCHEMA))
+    # DuckDB adds its spill folder (./.tmp by default) to the allowed directories: turn spilling off
+    con.execute("SET temp_directory = ''")
     con.execute(f"SET allowed_directories = [{_sql_str(str(root) + '/')}]")
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")

@@ -1,0 +1,358 @@
+"""Storage: the one Arrow schema, atomic part files (proved with a SIGKILL), the job registry, the query sandbox."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.errors import QueryError, QueryRefusedError, StorageError
+from pipeline.types import RationaleRecord
+from storage.catalog import check_read_only, connect, query
+from storage.jobs import JobRegistry, JobState
+from storage.parquet import records_to_table, remove_stale_temp_files, write_records, write_table_atomic
+from storage.schema import JOBS_SCHEMA, RECORDS_SCHEMA, SCHEMA_VERSION
+
+ROOT = Path(__file__).resolve().parents[2]
+WHEN = datetime(2024, 5, 17, 9, 30, 0, 123456, tzinfo=UTC)
+
+
+def record(example_id: str, sample_idx: int = 0, *, job_id: str = "job-a", accepted: bool = True,
+           **kw) -> RationaleRecord:
+    base = dict(
+        job_id=job_id, example_id=example_id, sample_idx=sample_idx, task="arithmetic",
+        input=f"Question {example_id}: how many pebbles are in two piles of three?", gold_label="6", label="6",
+        rationale="Two piles of three pebbles make 2 * 3 = 6 pebbles.", correct=True, accepted=accepted,
+        reject_reason=None if accepted else "incorrect", reject_detail=None, consensus_label="6", agreement=1.0,
+        prompt_id="few_shot_cot", prompt_hash="0123456789abcdef", teacher_backend="replay", teacher_model="replay",
+        request_key="k" * 64, finish_reason="stop", tokens_in=120, tokens_out=30, latency_s=0.25,
+        completion="Two piles of three pebbles make 2 * 3 = 6 pebbles. So the answer is 6.", created_at=WHEN,
+    )
+    base.update(kw)
+    return RationaleRecord(**base)
+
+
+# ── the one schema ───────────────────────────────────────────────────────────────────────────────────────────────
+def test_records_to_table_uses_exactly_the_records_schema():
+    table = records_to_table([record("e1"), record("e2", 1, accepted=False, correct=None, tokens_in=None)])
+    assert table.schema.equals(RECORDS_SCHEMA, check_metadata=True)
+    assert table.schema.metadata == {b"stepwise.schema_version": SCHEMA_VERSION.encode()}
+    assert table.num_rows == 2
+    assert table.column("sample_idx").type == pa.int32()
+    assert table.column("agreement").type == pa.float32()
+    assert table.column("created_at").type == pa.timestamp("us", tz="UTC")
+    assert table.column("correct").to_pylist() == [True, None]
+    assert table.column("tokens_in").to_pylist() == [120, None]
+    assert table.column("reject_reason").to_pylist() == [None, "incorrect"]
+
+
+def test_an_empty_batch_still_has_the_schema():
+    table = records_to_table([])
+    assert table.num_rows == 0 and table.schema.equals(RECORDS_SCHEMA, check_metadata=True)
+
+
+def test_a_record_of_the_wrong_type_is_refused_not_inferred():
+    with pytest.raises((pa.ArrowInvalid, pa.ArrowTypeError)):
+        records_to_table([record("e1", sample_idx="zero")])  # type: ignore[arg-type]
+
+
+def test_write_records_roundtrip_keeps_schema_and_values(tmp_path):
+    path = tmp_path / "records" / "job-a" / "shard-000000.parquet"
+    records = [record("e1"), record("e2", 3, label="7", correct=False, accepted=False)]
+    write_records(records, path)
+    back = pq.read_table(path)
+    assert back.schema.equals(RECORDS_SCHEMA, check_metadata=False)
+    assert back.schema.metadata[b"stepwise.schema_version"] == b"1"
+    assert [RationaleRecord(**row) for row in back.to_pylist()] == records
+    assert [p.name for p in path.parent.iterdir()] == ["shard-000000.parquet"]  # no temp file left behind
+
+
+# ── atomic writes: a writer killed mid-file leaves no part file ──────────────────────────────────────────────────
+_SLOW_WRITER = r"""
+import os, sys
+from datetime import UTC, datetime
+from pathlib import Path
+import pyarrow as pa
+from storage.parquet import write_table_atomic
+from storage.schema import DICTIONARY_COLUMNS, RECORDS_SCHEMA
+
+n = int(sys.argv[2])
+blob = os.urandom(n * 150).hex()  # incompressible text, so writing takes a while
+offsets = pa.array(range(0, n * 300 + 1, 300), pa.int32())
+columns = []
+for f in RECORDS_SCHEMA:
+    if f.name == "completion":
+        columns.append(pa.StringArray.from_buffers(n, offsets.buffers()[1], pa.py_buffer(blob.encode())))
+    elif f.name == "example_id":
+        columns.append(pa.array([f"e{i}" for i in range(n)], f.type))
+    elif f.name == "created_at":
+        columns.append(pa.repeat(pa.scalar(datetime(2024, 1, 1, tzinfo=UTC), f.type), n))
+    elif f.type == pa.string():
+        columns.append(pa.repeat(pa.scalar("big-job"), n))
+    elif f.type == pa.bool_():
+        columns.append(pa.repeat(pa.scalar(True), n))
+    else:
+        columns.append(pa.repeat(pa.scalar(1, f.type), n))
+table = pa.Table.from_arrays(columns, schema=RECORDS_SCHEMA)
+print("ready", flush=True)
+write_table_atomic(table, Path(sys.argv[1]), dictionary=DICTIONARY_COLUMNS)
+print("done", flush=True)
+"""
+
+
+def test_a_writer_killed_mid_write_leaves_no_part_file(tmp_path):
+    root = tmp_path / "corpus"
+    folder = root / "records" / "big-job"
+    write_records([record("e1", job_id="big-job"), record("e2", job_id="big-job")], folder / "shard-000000.parquet")
+    final = folder / "shard-000001.parquet"
+
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_WRITER, str(final), "600000"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        temps: list[Path] = []
+        while time.monotonic() < deadline and proc.poll() is None:
+            temps = [p for p in folder.glob(".*.tmp") if p.stat().st_size > 0]
+            if temps:
+                break
+            time.sleep(0.001)
+        assert temps, f"the writer never started a temp file: {proc.communicate()}"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = proc.stdout.read().decode()
+    assert proc.returncode == -signal.SIGKILL
+    assert "done" not in out, "the write finished before the kill: make the table bigger"
+
+    assert not final.exists()
+    (tmp,) = folder.glob(".*.tmp")
+    assert tmp.name.startswith(".shard-000001.parquet.") and tmp.stat().st_size > 0
+    # the views read only whole part files: the half-written temp file is invisible
+    counts = query(root, "SELECT job_id, count(*) AS n FROM records GROUP BY job_id")
+    assert counts.to_pylist() == [{"job_id": "big-job", "n": 2}]
+    assert query(root, "SELECT example_id FROM records ORDER BY 1").column(0).to_pylist() == ["e1", "e2"]
+
+    assert remove_stale_temp_files(folder) == 1
+    assert sorted(p.name for p in folder.iterdir()) == ["shard-000000.parquet"]
+    assert remove_stale_temp_files(folder) == 0
+    assert remove_stale_temp_files(tmp_path / "no-such-folder") == 0
+
+
+def test_a_failed_write_removes_its_temp_file_and_keeps_the_old_file(tmp_path):
+    path = tmp_path / "part.parquet"
+    write_table_atomic(pa.table({"x": [1, 2]}), path)
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "part.parquet").mkdir()  # os.replace onto a folder fails
+    with pytest.raises(StorageError, match="cannot write"):
+        write_table_atomic(pa.table({"x": [3]}), blocked / "part.parquet")
+    assert [p.name for p in blocked.iterdir()] == ["part.parquet"]
+    assert pq.read_table(path).column("x").to_pylist() == [1, 2]
+
+
+def test_remove_stale_temp_files_leaves_other_files(tmp_path):
+    (tmp_path / ".shard-000000.parquet.1a2b3c4d.tmp").write_bytes(b"half")
+    (tmp_path / ".shard-000001.parquet.ffffffff.tmp").write_bytes(b"")
+    (tmp_path / "shard-000000.parquet").write_bytes(b"whole")
+    (tmp_path / "notes.tmp").write_bytes(b"not hidden, not ours")
+    assert remove_stale_temp_files(tmp_path) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.tmp", "shard-000000.parquet"]
+
+
+# ── job registry ─────────────────────────────────────────────────────────────────────────────────────────────────
+def test_job_registry_roundtrip(tmp_path):
+    registry = JobRegistry(tmp_path)
+    assert registry.get("nightly-1") is None
+    state = JobState(job_id="nightly-1", status="running", fingerprint="f" * 64, spec_json='{"shard_size": 2}',
+                     task="arithmetic", prompt_id="few_shot_cot", prompt_hash="abc", teacher_backend="replay",
+                     teacher_model="replay", n_shards=3, n_examples=5, created_at=WHEN, updated_at=WHEN)
+    saved = registry.save(state)
+    assert saved.updated_at > WHEN and saved == replace(state, updated_at=saved.updated_at)
+    assert registry.get("nightly-1") == saved
+    assert (tmp_path / "jobs" / "nightly-1.parquet").is_file()
+    assert not list((tmp_path / "jobs").glob(".*.tmp"))
+
+    done = registry.save(replace(saved, status="completed", shards_done=3, n_records=10, error=None))
+    got = registry.get("nightly-1")
+    assert got == done and got.status == "completed" and got.shards_done == 3 and got.created_at == WHEN
+    rows = query(tmp_path, "SELECT job_id, status, n_records, created_at FROM jobs").to_pylist()
+    assert rows == [{"job_id": "nightly-1", "status": "completed", "n_records": 10, "created_at": WHEN}]
+
+
+@pytest.mark.parametrize("job_id", ["", "../escape", "a/b", "-x", "a b", "x" * 129])
+def test_job_registry_refuses_unsafe_ids(tmp_path, job_id):
+    with pytest.raises(StorageError, match="must be 1-128"):
+        JobRegistry(tmp_path).get(job_id)
+
+
+def test_a_corrupt_registry_row_is_a_storage_error(tmp_path):
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "bad.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(StorageError, match="cannot read job registry row"):
+        JobRegistry(tmp_path).get("bad")
+
+
+# ── views ────────────────────────────────────────────────────────────────────────────────────────────────────────
+@pytest.mark.parametrize("layout", ["missing_root", "empty_root", "empty_folders"])
+def test_views_exist_on_an_empty_corpus(tmp_path, layout):
+    root = tmp_path / "corpus"
+    if layout != "missing_root":
+        root.mkdir()
+    if layout == "empty_folders":
+        (root / "records" / "some-job").mkdir(parents=True)
+        (root / "jobs").mkdir()
+    con = connect(root)
+    try:
+        for view, schema in (("records", RECORDS_SCHEMA), ("jobs", JOBS_SCHEMA)):
+            described = con.execute(f"DESCRIBE {view}").fetchall()
+            assert [row[0] for row in described] == schema.names
+            assert con.execute(f"SELECT count(*) FROM {view}").fetchone() == (0,)
+    finally:
+        con.close()
+    table = query(root, "SELECT * FROM records")
+    assert table.column_names == RECORDS_SCHEMA.names and table.num_rows == 0
+    table = query(root, "SELECT * FROM jobs")
+    assert table.column_names == JOBS_SCHEMA.names and table.num_rows == 0
+    assert not (layout == "missing_root" and root.exists())  # reading never creates the corpus
+
+
+def test_records_view_types_and_rows(tmp_path):
+    write_records([record("e1"), record("e2", 1, correct=False, accepted=False)],
+                  tmp_path / "records" / "job-a" / "shard-000000.parquet")
+    write_records([record("x9", job_id="job-b")], tmp_path / "records" / "job-b" / "shard-000000.parquet")
+    table = query(tmp_path, "SELECT * FROM records ORDER BY job_id, example_id")
+    assert table.column_names == RECORDS_SCHEMA.names
+    assert [(r["job_id"], r["example_id"], r["accepted"]) for r in table.to_pylist()] == [
+        ("job-a", "e1", True), ("job-a", "e2", False), ("job-b", "x9", True)]
+    created = table.schema.field("created_at").type
+    assert (created.unit, created.tz) == ("us", "Etc/UTC")  # DuckDB names UTC by its zone id
+    assert table.column("created_at").to_pylist()[0] == WHEN
+
+
+# ── the query sandbox ────────────────────────────────────────────────────────────────────────────────────────────
+@pytest.fixture()
+def corpus(tmp_path) -> Path:
+    root = tmp_path / "corpus"
+    write_records([record(f"e{i}") for i in range(3)], root / "records" / "job-a" / "shard-000000.parquet")
+    outside = tmp_path / "outside.parquet"
+    pq.write_table(pa.table({"secret": ["do not read"]}), outside)
+    (tmp_path / "corpus-sibling").mkdir()
+    pq.write_table(pa.table({"secret": ["sibling"]}), tmp_path / "corpus-sibling" / "s.parquet")
+    return root
+
+
+REFUSED = [
+    ("read_csv", "SELECT * FROM read_csv('/etc/passwd')"),
+    ("read_csv_auto_bare", "FROM read_csv_auto('/etc/hostname')"),
+    ("read_text", "SELECT * FROM read_text('/etc/passwd')"),
+    ("read_blob", "SELECT * FROM read_blob('/etc/passwd')"),
+    ("read_json", "SELECT * FROM read_json('/etc/passwd')"),
+    ("glob", "SELECT * FROM glob('/etc/*')"),
+    ("proc_environ", "SELECT * FROM read_text('/proc/self/environ')"),
+    ("read_parquet_outside", "SELECT * FROM read_parquet('{outside}')"),
+    ("read_parquet_dotdot", "SELECT * FROM read_parquet('{root}/../outside.parquet')"),
+    ("read_parquet_sibling_prefix", "SELECT * FROM read_parquet('{root}-sibling/s.parquet')"),
+    ("copy_to", "COPY (SELECT * FROM records) TO '{root}/../leak.csv'"),
+    ("copy_from", "COPY records FROM '/etc/passwd'"),
+    ("create_table", "CREATE TABLE t AS SELECT * FROM records"),
+    ("create_view", "CREATE VIEW v AS SELECT 1"),
+    ("insert", "INSERT INTO records SELECT * FROM records"),
+    ("delete", "DELETE FROM records"),
+    ("update", "UPDATE records SET label = 'x'"),
+    ("drop", "DROP VIEW records"),
+    ("export_database", "EXPORT DATABASE '{root}/../dump'"),
+    ("attach", "ATTACH '{root}/../other.duckdb' AS other"),
+    ("detach", "DETACH memory"),
+    ("install", "INSTALL httpfs"),
+    ("load", "LOAD httpfs"),
+    ("set", "SET enable_external_access = true"),
+    ("reset", "RESET allowed_directories"),
+    ("pragma", "PRAGMA database_list"),
+    ("call", "CALL pragma_version()"),
+    ("two_statements", "SELECT 1; SELECT 2"),
+    ("select_then_copy", "SELECT 1; COPY (SELECT 1) TO '/tmp/x.csv'"),
+    ("duckdb_extensions", "SELECT * FROM duckdb_extensions()"),
+]
+
+
+@pytest.mark.parametrize("sql", [pytest.param(s, id=i) for i, s in REFUSED])
+def test_the_sandbox_refuses(corpus, sql):
+    sql = sql.format(root=corpus, outside=corpus.parent / "outside.parquet")
+    before = sorted(p.relative_to(corpus.parent) for p in corpus.parent.rglob("*"))
+    with pytest.raises(QueryRefusedError):
+        query(corpus, sql)
+    assert sorted(p.relative_to(corpus.parent) for p in corpus.parent.rglob("*")) == before  # nothing written
+
+
+@pytest.mark.parametrize("relative", [True, False], ids=["relative", "absolute"])
+def test_the_sandbox_does_not_read_the_working_directory_tmp_folder(tmp_path, monkeypatch, relative):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".tmp").mkdir()
+    secret = tmp_path / ".tmp" / "secret.csv"
+    secret.write_text("token\nhunter2\n", encoding="utf-8")
+    where = ".tmp/secret.csv" if relative else str(secret)
+    with pytest.raises(QueryRefusedError):
+        query(tmp_path / "corpus", f"SELECT * FROM read_csv('{where}')")
+
+
+def test_refusals_say_why(corpus):
+    with pytest.raises(QueryRefusedError, match="only SELECT queries are allowed, got COPY"):
+        query(corpus, "COPY (SELECT 1) TO '/tmp/x.csv'")
+    with pytest.raises(QueryRefusedError, match="exactly one statement is allowed, got 2"):
+        query(corpus, "SELECT 1; SELECT 2")
+    with pytest.raises(QueryRefusedError, match="Permission"):
+        query(corpus, "SELECT * FROM read_csv('/etc/passwd')")
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT count(*) AS n FROM records",
+    "  select count(*) as n from records ;  ",
+    "WITH r AS (SELECT * FROM records) SELECT count(*) AS n FROM r",
+    "FROM records SELECT count(*) AS n",
+    f"SELECT count(*) AS n FROM read_parquet('{{root}}/records/*/*.parquet')",
+])
+def test_reads_inside_the_corpus_are_allowed(corpus, sql):
+    assert query(corpus, sql.format(root=corpus)).to_pylist() == [{"n": 3}]
+
+
+def test_check_read_only_returns_the_statement():
+    assert check_read_only("SELECT 1;  ") == "SELECT 1"
+    with pytest.raises(QueryError, match="cannot parse query"):
+        check_read_only("SELEC nonsense FROM")
+
+
+def test_a_broken_query_is_a_query_error_not_a_refusal(corpus):
+    with pytest.raises(QueryError) as info:
+        query(corpus, "SELECT no_such_column FROM records")
+    assert type(info.value) is QueryError
+    assert "no_such_column" in str(info.value)
+
+
+@pytest.mark.parametrize(("max_rows", "expected"), [(1, 1), (7, 7), (100, 25), (100_000, 25)])
+def test_row_cap(corpus, max_rows, expected):
+    table = query(corpus, "SELECT * FROM range(25) t(i)", max_rows=max_rows)
+    assert table.num_rows == expected
+    assert table.column("i").to_pylist() == list(range(expected))
+
+
+def test_a_slow_query_times_out(corpus):
+    started = time.monotonic()
+    with pytest.raises(QueryError, match=r"longer than 0.5 s") as info:
+        query(corpus, "SELECT count(*) FROM range(1000000000) a, range(1000000000) b WHERE a.range + b.range = -1",
+              timeout_s=0.5)
+    assert type(info.value) is QueryError
+    assert time.monotonic() - started < 15
+    # the next query on the same corpus is unaffected
+    assert query(corpus, "SELECT count(*) AS n FROM records").to_pylist() == [{"n": 3}]
