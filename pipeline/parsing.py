@@ -61,20 +61,24 @@ def split_answer(text: str, task: Task) -> tuple[str, str] | None:
     return rationale, answer
 
 
+def _labelled(rationale: str, answer: str, example: Example, task: Task, what: str) -> Parsed:
+    """Map the answer into the label space and check there is reasoning before it."""
+    label = task.extract(answer, example)
+    rationale = rationale.strip()
+    if label is None:
+        return Parsed(rationale or None, None, RejectReason.LABEL_OUT_OF_SPACE,
+                      f"{what} {answer.strip()[:80]!r} is not in the label space")
+    if not rationale:
+        return Parsed(None, label, RejectReason.EMPTY_RATIONALE, f"no reasoning with the {what}")
+    return Parsed(rationale, label)
+
+
 def _parse_cot(text: str, example: Example, task: Task) -> Parsed:
     parts = split_answer(text, task)
     if parts is None:
         return Parsed(rationale=text.strip() or None, label=None, reject=RejectReason.NO_ANSWER,
                       detail="no answer trigger found")
-    rationale, answer = parts
-    label = task.extract(answer, example)
-    rationale = rationale.strip()
-    if label is None:
-        return Parsed(rationale=rationale or None, label=None, reject=RejectReason.LABEL_OUT_OF_SPACE,
-                      detail=f"answer {answer.strip()[:80]!r} is not in the label space")
-    if not rationale:
-        return Parsed(rationale=None, label=label, reject=RejectReason.EMPTY_RATIONALE, detail="nothing before the answer")
-    return Parsed(rationale=rationale, label=label)
+    return _labelled(*parts, example, task, "answer")
 
 
 def _parse_json(text: str, example: Example, task: Task) -> Parsed:
@@ -84,14 +88,7 @@ def _parse_json(text: str, example: Example, task: Task) -> Parsed:
         err = exc.errors()[0]
         where = ".".join(map(str, err["loc"])) or "(document)"
         return Parsed(rationale=None, label=None, reject=RejectReason.INVALID_JSON, detail=f"{where}: {err['msg']}")
-    label = task.extract(str(obj.label), example)
-    rationale = obj.rationale.strip()
-    if label is None:
-        return Parsed(rationale=rationale or None, label=None, reject=RejectReason.LABEL_OUT_OF_SPACE,
-                      detail=f"label {str(obj.label)[:80]!r} is not in the label space")
-    if not rationale:
-        return Parsed(rationale=None, label=label, reject=RejectReason.EMPTY_RATIONALE, detail="empty rationale field")
-    return Parsed(rationale=rationale, label=label)
+    return _labelled(obj.rationale, str(obj.label), example, task, "label")
 
 
 def parse_completion(completion: Completion | None, example: Example, task: Task, output: str = "cot") -> Parsed:
