@@ -1,7 +1,7 @@
 """`stepwise` command line: run | import | query | export.
 
 Exit codes: 0 done; 1 the job or command failed (message on stderr); 2 bad usage or an invalid job file
-(the message names the field, and nothing is written).
+(the message names the field, and nothing is written); 3 the job's cost budget stopped it (resumable).
 """
 
 from __future__ import annotations
@@ -12,8 +12,17 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
 from pipeline.errors import JobSpecError, StepwiseError
 from pipeline.runner import JobSummary
@@ -22,17 +31,28 @@ err = Console(stderr=True)
 out = Console()
 
 
+class _Rate(ProgressColumn):
+    """Units per second, as rich measures them."""
+
+    def render(self, task) -> Text:
+        return Text(f"{task.speed:,.1f}/s" if task.speed else "", style="cyan")
+
+
 class _Bar:
-    """A live progress bar over shards, with examples, accepted and rejected counts."""
+    """Live progress with rate, ETA, accepted / rejected, tokens and cost: requests for live teachers,
+    shards for recorded ones. Fed from the teacher's thread; rich's Progress is thread-safe."""
 
     def __init__(self, label: str, quiet: bool):
-        self.accepted = self.rejected = 0
+        self.accepted = self.rejected = self.tokens = 0
+        self.cost = 0.0
+        self.live = False
         self.progress = Progress(
-            TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("shards"),
-            TextColumn("[green]{task.fields[accepted]} accepted[/] [red]{task.fields[rejected]} rejected[/]"),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=err, disable=quiet,
+            TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[unit]}"),
+            _Rate(), TextColumn("[green]{task.fields[accepted]} ok[/] [red]{task.fields[rejected]} rejected[/] "
+                                "{task.fields[tokens]} tok {task.fields[cost]}"),
+            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=err, disable=quiet,
         )
-        self.task = None
+        self.task = self.progress.add_task("run", total=None, unit="", accepted=0, rejected=0, tokens=0, cost="")
 
     def __enter__(self):
         self.progress.__enter__()
@@ -41,13 +61,29 @@ class _Bar:
     def __exit__(self, *exc):
         self.progress.__exit__(*exc)
 
-    def __call__(self, done: int, total: int, records) -> None:
-        if self.task is None:
-            self.task = self.progress.add_task("run", total=total, accepted=0, rejected=0)
+    def _refresh(self, advance: int = 0) -> None:
+        self.progress.update(self.task, advance=advance, accepted=f"{self.accepted:,}",
+                             rejected=f"{self.rejected:,}", tokens=f"{self.tokens:,}",
+                             cost=f"${self.cost:,.4f}" if self.cost else "")
+
+    def start(self, total_requests: int, total_shards: int, live: bool) -> None:
+        self.live = live
+        self.progress.update(self.task, total=total_requests if live else total_shards,
+                             unit="requests" if live else "shards")
+
+    def completion(self, completion, cached: bool) -> None:
+        self.tokens += (completion.tokens_in or 0) + (completion.tokens_out or 0)
+        self.cost += completion.cost_usd or 0.0
+        self._refresh(advance=1)
+
+    def shard_done(self, records, skipped: bool) -> None:
         acc = sum(1 for r in records if r.accepted)
         self.accepted += acc
         self.rejected += len(records) - acc
-        self.progress.update(self.task, completed=done, accepted=self.accepted, rejected=self.rejected)
+        if not self.live:
+            self.tokens += sum((r.tokens_in or 0) + (r.tokens_out or 0) for r in records)
+            self.cost += sum(r.cost_usd or 0.0 for r in records)
+        self._refresh(advance=0 if self.live else 1)
 
 
 def print_summary(summary: JobSummary, root: Path) -> None:
@@ -61,6 +97,13 @@ def print_summary(summary: JobSummary, root: Path) -> None:
                                       f"({summary.n_correct:,} / {summary.n_with_gold:,} with gold)")
     if summary.tokens_in or summary.tokens_out:
         t.add_row("tokens in / out", f"{summary.tokens_in:,} / {summary.tokens_out:,}")
+    if summary.cost_usd:
+        t.add_row("cost", f"${summary.cost_usd:,.4f}")
+    if summary.teacher:
+        tt = summary.teacher
+        t.add_row("teacher requests sent", f"{tt['sent']:,} ({tt['retries']:,} retries, {tt['rate_limited']:,} "
+                                           f"rate-limited)")
+        t.add_row("samples from cache / new", f"{tt['cache_hits']:,} / {tt['completed']:,}")
     t.add_row("shards run / skipped", f"{summary.shards_run} / {summary.shards_skipped}")
     for reason, n in summary.reject_reasons.items():
         t.add_row(f"  rejected: {reason}", f"{n:,}")
@@ -72,10 +115,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.runner import run_job
     from pipeline.spec import load_job
 
-    spec = load_job(args.job)  # validated before anything is written
+    spec = load_job(args.job, overrides=args.set)  # validated before anything is written
     with _Bar(f"{spec.job_id}", args.quiet) as bar:
         summary = run_job(spec, args.corpus, overwrite=args.overwrite, progress=bar)
     print_summary(summary, Path(args.corpus))
+    if summary.status == "budget_exhausted":
+        err.print(f"stopped: {summary.message}", markup=False, highlight=False)
+        return 3
     return 0
 
 
@@ -122,6 +168,40 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sim(args: argparse.Namespace) -> int:
+    import asyncio
+    import os
+
+    from pipeline.simulator import SimConfig, parse_faults, serve
+
+    api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
+    if args.api_key_env and not api_key:
+        raise StepwiseError(f"--api-key-env {args.api_key_env}: that environment variable is not set")
+    config = SimConfig(latency_s=args.latency, per_token_s=args.per_token, jitter_s=args.jitter,
+                       capacity=args.capacity, rpm=args.rpm, tpm=args.tpm, window_s=args.window,
+                       faults=parse_faults(args.faults),
+                       stall_s=args.stall, api_key=api_key, supports_n=not args.no_n, answers=args.answers,
+                       dataset=args.dataset, wrong_rate=args.wrong_rate, seed=args.seed)
+
+    def ready(port: int) -> None:
+        if args.port_file:
+            tmp = Path(args.port_file + ".tmp")
+            tmp.write_text(str(port))
+            tmp.replace(args.port_file)
+        print(f"stepwise sim listening on http://{args.host}:{port}/v1", flush=True)
+
+    try:
+        try:
+            import uvloop
+
+            uvloop.run(serve(config, args.host, args.port, ready))
+        except ImportError:
+            asyncio.run(serve(config, args.host, args.port, ready))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pipeline.exports import FORMATS
 
@@ -133,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--corpus", default="corpus", help="corpus root folder (default ./corpus)")
     run.add_argument("--overwrite", action="store_true", help="replace the records of a job with the same id")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                     help="override a job-file field, e.g. --set teacher.base_url=http://127.0.0.1:8000/v1 "
+                          "(repeatable; VALUE is read as YAML)")
     run.set_defaults(func=cmd_run)
 
     imp = sub.add_parser("import", help="import recorded teacher output from a public release")
@@ -165,6 +248,27 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--split", help="train,valid,test fractions, e.g. 0.8,0.1,0.1")
     ex.add_argument("--seed", type=int, default=0)
     ex.set_defaults(func=cmd_export)
+    sim = sub.add_parser("sim", help="an OpenAI-compatible teacher simulator (a test tool)")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    sim.add_argument("--port-file", help="write the bound port to this file once listening")
+    sim.add_argument("--latency", type=float, default=0.5, help="fixed seconds per request")
+    sim.add_argument("--per-token", type=float, default=0.0, help="extra seconds per output token")
+    sim.add_argument("--jitter", type=float, default=0.0, help="+/- seconds of uniform jitter")
+    sim.add_argument("--capacity", type=int, default=128, help="requests served at once; the rest queue")
+    sim.add_argument("--rpm", type=int, help="requests per minute (sliding 60 s window)")
+    sim.add_argument("--tpm", type=int, help="tokens per minute (prompt estimate + n * max_tokens)")
+    sim.add_argument("--window", type=float, default=60.0, help="rate-limit window in seconds (tests shorten it)")
+    sim.add_argument("--faults", help="rates, e.g. error_500=0.05,error_503=0.05,drop=0.02,stall=0.05,"
+                                      "malformed=0.05,truncated=0.05,garbage=0.02")
+    sim.add_argument("--stall", type=float, default=30.0, help="seconds a stalled request hangs")
+    sim.add_argument("--api-key-env", help="require the key held by this environment variable")
+    sim.add_argument("--no-n", action="store_true", help="refuse n > 1 like servers without it")
+    sim.add_argument("--answers", help="completions file (replay format) to answer from")
+    sim.add_argument("--dataset", help="labeled JSONL {id, question, answer} for task-aware answers")
+    sim.add_argument("--wrong-rate", type=float, default=0.1, help="share of task-aware answers that are wrong")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.set_defaults(func=cmd_sim)
     return p
 
 

@@ -5,7 +5,16 @@
     ├── DatasetError              a dataset file cannot be opened or read at all (a bad *row* is a reject, not this)
     ├── PromptError               a prompt template is missing or malformed
     ├── TaskError                 a task definition is unusable (e.g. a custom answer pattern that does not compile)
-    ├── TeacherError              the teacher backend failed in a way that is not a per-record reject
+    ├── TeacherError              the teacher failed for the whole job, not for one record
+    │   ├── TeacherAuthError      401 / 403: the key is wrong or lacks access; the job stops at once
+    │   ├── BudgetExhaustedError  the job's cost cap was reached; the job stops cleanly, resumable
+    │   ├── RequestRejectedError  a 4xx other than 408 / 409 / 429: not retried, becomes a teacher_error reject
+    │   └── TransientTeacherError retried (by type, with tenacity); a reject only after the last attempt
+    │       ├── RateLimitedError      429, carries the server's retry-after
+    │       ├── TeacherServerError    5xx, 409
+    │       ├── TeacherTimeoutError   408, or no answer within the client timeout (a stalled server)
+    │       ├── TeacherConnectionError  the connection was refused or dropped
+    │       └── MalformedResponseError  a 200 whose body is not a chat completion
     ├── StorageError              the corpus cannot be read or written
     │   └── JobConflictError      a job id already holds records made from a different spec
     └── QueryError                a SQL query was refused or failed
@@ -44,6 +53,51 @@ class TaskError(StepwiseError):
 
 class TeacherError(StepwiseError):
     """The teacher backend failed for the whole job, not for one record."""
+
+
+class TeacherAuthError(TeacherError):
+    """The teacher refused our credentials (401 / 403). Never retried; the message never holds the key."""
+
+
+class BudgetExhaustedError(TeacherError):
+    """The job's cost cap was reached; finished work is kept and the job can resume with a higher cap."""
+
+
+class RequestRejectedError(TeacherError):
+    """The teacher refused this one request (a 4xx other than 408, 409, 429). Not retried."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class TransientTeacherError(TeacherError):
+    """A failure worth retrying. Subclasses say which kind; retry decisions look only at the type."""
+
+    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class RateLimitedError(TransientTeacherError):
+    """429: slow down; `retry_after` is the server's hint in seconds, when it gave one."""
+
+
+class TeacherServerError(TransientTeacherError):
+    """5xx or 409 from the teacher."""
+
+
+class TeacherTimeoutError(TransientTeacherError):
+    """408, or no answer within the client timeout."""
+
+
+class TeacherConnectionError(TransientTeacherError):
+    """The connection was refused, reset or dropped before a response."""
+
+
+class MalformedResponseError(TransientTeacherError):
+    """A 200 whose body is not a valid chat completion."""
 
 
 class StorageError(StepwiseError):

@@ -7,25 +7,28 @@ shard without one and never writes a record twice.
 
 from __future__ import annotations
 
+import concurrent.futures
+import json
 import shutil
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.datasets import read_examples
-from pipeline.errors import JobConflictError, StepwiseError
+from pipeline.errors import BudgetExhaustedError, JobConflictError, StepwiseError
 from pipeline.parsing import parse_completion
 from pipeline.spec import JobSpec
 from pipeline.tasks import Task, build_task
 from pipeline.teachers import TeacherBackend, build_backend
-from pipeline.types import Example, RationaleRecord, RejectReason, RowReject, Sampling, TeacherRequest
+from pipeline.types import Completion, Example, RationaleRecord, RejectReason, RowReject, Sampling, TeacherRequest
 from pipeline.validate import judge_example
-from prompts import PromptTemplate, load_prompt
+from prompts import PromptTemplate, answer_schema, load_prompt
 from storage.jobs import JobRegistry, JobState
 from storage.parquet import remove_stale_temp_files, write_records
 
@@ -47,10 +50,17 @@ class JobContext:
         s = self.spec.sampling
         return Sampling(s.temperature, s.top_p, s.max_tokens, s.seed, tuple(s.stop))
 
+    def cost_of(self, c: Completion | None) -> float | None:
+        if c is None:
+            return None
+        if c.cost_usd is not None:
+            return c.cost_usd
+        return self.spec.cost.cost(c.tokens_in, c.tokens_out) if self.spec.cost else None
+
 
 @dataclass
 class JobSummary:
-    """What a finished run reports."""
+    """What a finished (or stopped) run reports."""
 
     job_id: str
     status: str
@@ -62,9 +72,20 @@ class JobSummary:
     n_with_gold: int = 0
     tokens_in: int = 0
     tokens_out: int = 0
+    cost_usd: float = 0.0
     shards_run: int = 0
     shards_skipped: int = 0
     reject_reasons: dict[str, int] = field(default_factory=dict)
+    teacher: dict[str, float] = field(default_factory=dict)  # live engines: sent, cache hits, retries, 429s
+    message: str | None = None
+
+
+class Progress(Protocol):
+    """What a progress display is told. Live backends report each completion; every backend each shard."""
+
+    def start(self, total_requests: int, total_shards: int, live: bool) -> None: ...
+    def completion(self, completion: Completion, cached: bool) -> None: ...
+    def shard_done(self, records: list[RationaleRecord], skipped: bool) -> None: ...
 
 
 def shard_path(root: Path, job_id: str, shard: int) -> Path:
@@ -77,40 +98,60 @@ def _record(ctx: JobContext, created: datetime, example_id: str, sample_idx: int
         gold_label=None, label=None, rationale=None, correct=None, accepted=False, reject_reason=None,
         reject_detail=None, consensus_label=None, agreement=None, prompt_id=ctx.prompt.id,
         prompt_hash=ctx.prompt.hash, teacher_backend=ctx.backend.backend, teacher_model=ctx.backend.model,
-        request_key=None, finish_reason=None, tokens_in=None, tokens_out=None, latency_s=None, completion=None,
-        created_at=created,
+        request_key=None, finish_reason=None, tokens_in=None, tokens_out=None, cost_usd=None, latency_s=None,
+        completion=None, created_at=created,
     )
     base.update(kw)
     return RationaleRecord(**base)
 
 
-def run_shard(ctx: JobContext, items: Sequence[Item]) -> list[RationaleRecord]:
-    """Turn one shard of examples into records: requests, completions, parsing, verdicts."""
+@dataclass
+class ShardPlan:
+    """A shard between its two halves: requests to send, and what is needed to judge the answers."""
+
+    records: list[RationaleRecord]                 # bad rows, already final
+    ready: list[tuple[Example, str | None, str]]   # example, gold label, student input
+    requests: list[TeacherRequest]
+
+
+def plan_shard(ctx: JobContext, items: Sequence[Item]) -> ShardPlan:
+    """First half of a shard: bad rows become records, examples become requests."""
     created = datetime.now(UTC)
     n = ctx.spec.sampling.n
     sampling = ctx.sampling
-    records: list[RationaleRecord] = []
-    ready: list[tuple[Example, str | None, str]] = []  # example, gold label, student input
-    requests: list[TeacherRequest] = []
+    plan = ShardPlan([], [], [])
     for item in items:
         if isinstance(item, RowReject):
-            records.append(_record(ctx, created, item.id, 0, reject_reason=RejectReason.BAD_ROW.value,
-                                   reject_detail=item.reason))
+            plan.records.append(_record(ctx, created, item.id, 0, reject_reason=RejectReason.BAD_ROW.value,
+                                        reject_detail=item.reason))
             continue
         try:
             gold = ctx.task.normalize_gold(item.gold, item) if item.gold is not None else None
             messages = ctx.prompt.render(item, ctx.task, gold)
+            followup = ctx.prompt.render_followup(item, ctx.task, gold)
         except (ValueError, StepwiseError) as exc:
-            records.append(_record(ctx, created, item.id, 0, input=item.input, reject_reason=RejectReason.BAD_ROW.value,
-                                   reject_detail=f"row {item.meta.get('row', '?')}: {exc}"))
+            plan.records.append(_record(ctx, created, item.id, 0, input=item.input,
+                                        reject_reason=RejectReason.BAD_ROW.value,
+                                        reject_detail=f"row {item.meta.get('row', '?')}: {exc}"))
             continue
-        ready.append((item, gold, ctx.task.student_input(item)))
+        schema = None
+        if ctx.prompt.output == "json":
+            schema = json.dumps(answer_schema(ctx.task, item), sort_keys=True)
+        plan.ready.append((item, gold, ctx.task.student_input(item)))
         for k in range(n):
-            requests.append(TeacherRequest(item.id, k, messages, sampling, ctx.prompt.id, ctx.prompt.hash,
-                                           ctx.backend.backend, ctx.backend.model))
-    completions = {(c.example_id, c.sample_idx): c for c in ctx.backend.complete(requests)}
-    for example, gold, student_input in ready:
-        comps = [completions.get((example.id, k)) for k in range(n)]
+            plan.requests.append(TeacherRequest(item.id, k, messages, sampling, ctx.prompt.id, ctx.prompt.hash,
+                                                ctx.backend.backend, ctx.backend.model, followup, schema))
+    return plan
+
+
+def finish_shard(ctx: JobContext, plan: ShardPlan, completions: Sequence[Completion]) -> list[RationaleRecord]:
+    """Second half of a shard: parse, judge and turn every sample into a record."""
+    created = datetime.now(UTC)
+    n = ctx.spec.sampling.n
+    by_key = {(c.example_id, c.sample_idx): c for c in completions}
+    records = list(plan.records)
+    for example, gold, student_input in plan.ready:
+        comps = [by_key.get((example.id, k)) for k in range(n)]
         parsed = [parse_completion(c, example, ctx.task, ctx.prompt.output) for c in comps]
         verdicts = judge_example(parsed, gold, ctx.task, ctx.spec.filters)
         for k, (c, p, v) in enumerate(zip(comps, parsed, verdicts, strict=True)):
@@ -121,9 +162,15 @@ def run_shard(ctx: JobContext, items: Sequence[Item]) -> list[RationaleRecord]:
                 consensus_label=v.consensus_label, agreement=v.agreement,
                 request_key=c.request_key if c else None, finish_reason=c.finish_reason if c else None,
                 tokens_in=c.tokens_in if c else None, tokens_out=c.tokens_out if c else None,
-                latency_s=c.latency_s if c else None, completion=c.text if c else None,
+                cost_usd=ctx.cost_of(c), latency_s=c.latency_s if c else None, completion=c.text if c else None,
             ))
     return records
+
+
+def run_shard(ctx: JobContext, items: Sequence[Item]) -> list[RationaleRecord]:
+    """Turn one shard of examples into records (the unit executors schedule)."""
+    plan = plan_shard(ctx, items)
+    return finish_shard(ctx, plan, ctx.backend.submit(plan.requests).result())
 
 
 def load_items(spec: JobSpec) -> list[Item]:
@@ -131,12 +178,12 @@ def load_items(spec: JobSpec) -> list[Item]:
 
 
 def prepare_context(spec: JobSpec, items: Sequence[Item], *, backend: TeacherBackend | None = None,
-                    prompt: PromptTemplate | None = None) -> tuple[JobContext, list[Item]]:
+                    prompt: PromptTemplate | None = None, corpus: Path | None = None) -> tuple[JobContext, list[Item]]:
     """Build the task (inferring `auto` from the data), prompt and backend; complete the examples."""
     examples = [i for i in items if isinstance(i, Example)]
     task = build_task(spec.task, examples[:500])
     prompt = prompt or load_prompt(spec.prompt, task.kind)
-    backend = backend or build_backend(spec.teacher)
+    backend = backend or build_backend(spec.teacher, corpus=corpus, cost=spec.cost)
     prepared = [task.prepare(i) if isinstance(i, Example) else i for i in items]
     return JobContext(spec.job_id, spec, task, prompt, backend), prepared
 
@@ -148,7 +195,8 @@ def summarize(root: Path, job_id: str) -> JobSummary:
     files = sorted(folder.glob("*.parquet"))
     if not files:
         return summary
-    cols = ["example_id", "accepted", "reject_reason", "correct", "gold_label", "tokens_in", "tokens_out"]
+    cols = ["example_id", "accepted", "reject_reason", "correct", "gold_label", "tokens_in", "tokens_out",
+            "cost_usd"]
     table = pq.ParquetDataset(files).read(columns=cols)
     summary.n_records = table.num_rows
     summary.n_examples = len(pc.unique(table["example_id"]))
@@ -158,69 +206,103 @@ def summarize(root: Path, job_id: str) -> JobSummary:
     summary.n_with_gold = int(pc.sum(pc.is_valid(table["gold_label"])).as_py() or 0)
     summary.tokens_in = int(pc.sum(table["tokens_in"]).as_py() or 0)
     summary.tokens_out = int(pc.sum(table["tokens_out"]).as_py() or 0)
+    summary.cost_usd = float(pc.sum(table["cost_usd"]).as_py() or 0.0)
     reasons = Counter(table["reject_reason"].drop_null().to_pylist())
     summary.reject_reasons = dict(reasons.most_common())
     return summary
 
 
-ProgressFn = Callable[[int, int, list[RationaleRecord]], None]  # (shards done, shards total, new records)
+LOOKAHEAD = 2  # shards in flight at once: the next shard's requests queue while the last ones finish
 
 
 def run_job(spec: JobSpec, root: str | Path, *, items: Sequence[Item] | None = None,
             backend: TeacherBackend | None = None, prompt: PromptTemplate | None = None,
-            overwrite: bool = False, progress: ProgressFn | None = None) -> JobSummary:
-    """Run (or resume) a job to the end and return its summary."""
+            overwrite: bool = False, progress: Progress | None = None) -> JobSummary:
+    """Run (or resume) a job to the end and return its summary.
+
+    Status at the end: `completed`; `budget_exhausted` when the cost cap stopped it (finished shards and
+    every paid completion are kept: run again with a higher cap); `failed` / `cancelled` re-raise.
+    """
     root = Path(root)
     job_id = spec.job_id
     assert job_id, "parse_job gives every spec a job id"
     registry = JobRegistry(root)
     previous = registry.get(job_id)
     fingerprint = spec.fingerprint()
-    if previous is not None and previous.fingerprint != fingerprint:
-        if not overwrite:
-            raise JobConflictError(f"job {job_id!r} already exists in {root} with a different spec; "
-                                   f"use another job_id, or --overwrite to replace its records")
+    if previous is not None and previous.fingerprint != fingerprint and not overwrite:
+        raise JobConflictError(f"job {job_id!r} already exists in {root} with a different spec; "
+                               f"use another job_id, or --overwrite to replace its records")
     if overwrite:
         shutil.rmtree(root / "records" / job_id, ignore_errors=True)
         previous = None
     items = load_items(spec) if items is None else items
-    ctx, items = prepare_context(spec, items, backend=backend, prompt=prompt)
+    owns_backend = backend is None
+    ctx, items = prepare_context(spec, items, backend=backend, prompt=prompt, corpus=root)
+    try:
+        return _run(ctx, items, root, registry, previous, fingerprint, progress)
+    finally:
+        if owns_backend:
+            ctx.backend.close()
+
+
+def _run(ctx: JobContext, items: list[Item], root: Path, registry: JobRegistry, previous: JobState | None,
+         fingerprint: str, progress: Progress | None) -> JobSummary:
+    spec, job_id = ctx.spec, ctx.job_id
     size = spec.shard_size
     shards = [items[i:i + size] for i in range(0, len(items), size)] or [[]]
     now = datetime.now(UTC)
-    state = JobState(
+    state = registry.save(JobState(
         job_id=job_id, status="running", fingerprint=fingerprint, spec_json=spec.model_dump_json(),
         task=ctx.task.kind, prompt_id=ctx.prompt.id, prompt_hash=ctx.prompt.hash,
         teacher_backend=ctx.backend.backend, teacher_model=ctx.backend.model, n_shards=len(shards),
         n_examples=len(items), created_at=previous.created_at if previous else now, updated_at=now,
-    )
-    state = registry.save(state)
+    ))
     remove_stale_temp_files(root / "records" / job_id)
-    run = skipped = 0
+    todo = [i for i in range(len(shards)) if not shard_path(root, job_id, i).exists()]
+    if progress:
+        n_requests = sum(1 for i in todo for it in shards[i] if isinstance(it, Example)) * spec.sampling.n
+        progress.start(n_requests, len(shards), ctx.backend.backend != "replay")
+        for _ in range(len(shards) - len(todo)):
+            progress.shard_done([], True)
+        ctx.backend.events = progress.completion
+    status, message = "completed", None
+    pending: deque[tuple[int, ShardPlan, concurrent.futures.Future]] = deque()
     try:
-        for index, shard in enumerate(shards):
-            path = shard_path(root, job_id, index)
-            if path.exists():
-                skipped += 1
+        for index in todo:
+            plan = plan_shard(ctx, shards[index])
+            pending.append((index, plan, ctx.backend.submit(plan.requests)))
+            while len(pending) >= LOOKAHEAD or (pending and index == todo[-1]):
+                done_index, done_plan, future = pending.popleft()
+                records = finish_shard(ctx, done_plan, future.result())
+                if records:
+                    write_records(records, shard_path(root, job_id, done_index))
                 if progress:
-                    progress(index + 1, len(shards), [])
-                continue
-            records = run_shard(ctx, shard)
-            if records:
-                write_records(records, path)
-            run += 1
-            if progress:
-                progress(index + 1, len(shards), records)
+                    progress.shard_done(records, False)
+    except BudgetExhaustedError as exc:
+        status, message = "budget_exhausted", str(exc)
+        for _, _, future in pending:  # requests already in flight finish and are cached: they are paid for
+            try:
+                future.result()
+            except BudgetExhaustedError:
+                pass
     except BaseException as exc:
+        for _, _, future in pending:
+            future.cancel()
         status = "cancelled" if isinstance(exc, KeyboardInterrupt) else "failed"
         registry.save(replace(state, status=status, error=f"{type(exc).__name__}: {exc}"[:2000]))
         raise
     summary = summarize(root, job_id)
-    summary.status = "completed"
-    summary.shards_run, summary.shards_skipped = run, skipped
+    summary.status, summary.message = status, message
+    summary.shards_run = sum(1 for i in todo if shard_path(root, job_id, i).exists())
+    summary.shards_skipped = len(shards) - len(todo)
+    stats = getattr(ctx.backend, "stats", None)
+    if stats is not None:
+        summary.teacher = {k: getattr(stats, k) for k in ("sent", "cache_hits", "completed", "retries",
+                                                            "rate_limited", "failed")}
+    done = sum(1 for i in range(len(shards)) if shard_path(root, job_id, i).exists())
     registry.save(replace(
-        state, status="completed", shards_done=len(shards), n_records=summary.n_records,
-        n_accepted=summary.n_accepted, n_rejected=summary.n_rejected, tokens_in=summary.tokens_in,
-        tokens_out=summary.tokens_out,
+        state, status=status, shards_done=done, n_records=summary.n_records, n_accepted=summary.n_accepted,
+        n_rejected=summary.n_rejected, tokens_in=summary.tokens_in, tokens_out=summary.tokens_out,
+        cost_usd=summary.cost_usd, error=message,
     ))
     return summary

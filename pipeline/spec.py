@@ -119,7 +119,62 @@ class ReplayTeacherSpec(_Strict):
     model: str = Field("replay", description="teacher model name recorded with each record")
 
 
-TeacherSpec = Annotated[ReplayTeacherSpec, Field(discriminator="backend")]
+class OpenAITeacherSpec(_Strict):
+    """Any OpenAI-compatible chat completions server: OpenAI, `vllm serve`, SGLang, llama.cpp, Ollama.
+
+    The API key is read from the environment variable *named* by `api_key_env`; it is never stored.
+    """
+
+    backend: Literal["openai"]
+    model: str = Field(min_length=1)
+    base_url: str = Field("https://api.openai.com/v1", description="the server's /v1 root")
+    api_key_env: str | None = Field("OPENAI_API_KEY", description="name of the env var holding the key; "
+                                                                   "null for servers without auth")
+    transport: Literal["aiohttp", "openai_sdk"] = Field(
+        "aiohttp", description="aiohttp: lean client for throughput; openai_sdk: the openai package's client")
+    max_concurrency: int = Field(64, ge=1, le=4096, description="requests in flight at most (adaptive below)")
+    rpm: int | None = Field(None, ge=1, description="client-side requests-per-minute budget")
+    tpm: int | None = Field(None, ge=1, description="client-side tokens-per-minute budget")
+    timeout_s: float = Field(120.0, gt=0, description="per-request timeout; a stalled request is retried")
+    max_attempts: int = Field(6, ge=1, le=50, description="attempts per request for transient errors")
+    supports_n: bool = Field(True, description="ask for all samples of an example in one request (n)")
+    structured_output: Literal["response_format", "guided_json"] = Field(
+        "response_format", description="how JSON-mode prompts pass their schema: OpenAI response_format, "
+                                       "or vLLM's guided_json")
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", v):
+            raise ValueError("base_url must be an http(s) URL such as http://127.0.0.1:8000/v1")
+        return v.rstrip("/")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", v):
+            raise ValueError("api_key_env is the NAME of an environment variable (e.g. OPENAI_API_KEY), "
+                             "not the key itself")
+        return v
+
+
+TeacherSpec = Annotated[ReplayTeacherSpec | OpenAITeacherSpec, Field(discriminator="backend")]
+# teacher fields that change how we talk to the teacher, not what it answers: free to change on resume
+OPERATIONAL_TEACHER_FIELDS = {"base_url", "api_key_env", "transport", "max_concurrency", "rpm", "tpm",
+                              "timeout_s", "max_attempts"}
+
+
+class CostSpec(_Strict):
+    """Prices per million tokens give a cost per record and per job; `budget_usd` caps a job's spend."""
+
+    input_per_mtok: float = Field(ge=0, description="USD per million prompt tokens")
+    output_per_mtok: float = Field(ge=0, description="USD per million completion tokens")
+    budget_usd: float | None = Field(None, gt=0, description="stop cleanly (status budget_exhausted) here")
+
+    def cost(self, tokens_in: int | None, tokens_out: int | None) -> float | None:
+        if tokens_in is None and tokens_out is None:
+            return None
+        return ((tokens_in or 0) * self.input_per_mtok + (tokens_out or 0) * self.output_per_mtok) / 1e6
 
 
 class JobSpec(_Strict):
@@ -132,6 +187,7 @@ class JobSpec(_Strict):
     teacher: TeacherSpec
     sampling: SamplingSpec = SamplingSpec()
     filters: FilterSpec = FilterSpec()
+    cost: CostSpec | None = None
     shard_size: int = Field(1000, ge=1, le=1_000_000, description="examples per shard (the unit of resume)")
 
     @field_validator("job_id")
@@ -152,12 +208,16 @@ class JobSpec(_Strict):
         return {"id": v} if isinstance(v, str) else v
 
     def fingerprint(self) -> str:
-        """Hash of everything that determines the records (the job id excluded)."""
-        blob = json.dumps(self.model_dump(exclude={"job_id"}, mode="json"), sort_keys=True)
+        """Hash of what determines the records; the job id, prices, budget and how we reach the teacher
+        (URL, key name, concurrency, rate budgets, timeouts) may change between runs of one job."""
+        data = self.model_dump(exclude={"job_id", "cost"}, mode="json")
+        for name in OPERATIONAL_TEACHER_FIELDS:
+            data["teacher"].pop(name, None)
+        blob = json.dumps(data, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
-TEACHER_BACKENDS = ("replay",)
+TEACHER_BACKENDS = ("replay", "openai")
 
 
 def _problems(exc: ValidationError) -> list[tuple[str, str]]:
@@ -219,7 +279,35 @@ def parse_job(data: object, *, source: str = "job", base_dir: Path | None = None
     return spec
 
 
-def load_job(path: str | Path) -> JobSpec:
+def apply_overrides(data: object, overrides: list[str], source: str) -> object:
+    """`teacher.base_url=http://...` style overrides; each value is read as YAML (so `3` is a number)."""
+    if not overrides:
+        return data
+    if not isinstance(data, dict):
+        return data
+    for item in overrides:
+        dotted, sep, raw = item.partition("=")
+        if not sep or not dotted.strip():
+            raise JobSpecError(f"--set {item!r}: expected FIELD=VALUE, e.g. teacher.base_url=http://127.0.0.1:8000/v1")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise JobSpecError(f"--set {item!r}: the value is not valid YAML: {exc}") from None
+        node = data
+        parts = dotted.strip().split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if isinstance(child, str) and part in ("task", "prompt"):  # shorthand forms
+                child = {"kind": child} if part == "task" else {"id": child}
+            if not isinstance(child, dict):
+                child = {}
+            node[part] = child
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def load_job(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
     """Read and validate a YAML (or JSON) job file. Raises JobSpecError naming the field."""
     path = Path(path)
     try:
@@ -231,4 +319,5 @@ def load_job(path: str | Path) -> JobSpec:
     except yaml.YAMLError as exc:
         raise JobSpecError(f"job file {path} is not valid YAML: {exc}") from None
     stem = re.sub(r"[^A-Za-z0-9._-]", "-", path.stem) or "job"
+    data = apply_overrides(data, overrides or [], str(path))
     return parse_job(data, source=f"job file {path}", base_dir=path.parent.resolve(), default_job_id=stem)

@@ -81,9 +81,13 @@ class TeacherRequest:
     prompt_hash: str | None
     backend: str
     model: str
+    followup: str | None = None         # two-stage zero-shot CoT: the answer prompt sent after the reasoning
+    response_schema: str | None = None  # structured output: the JSON schema (canonical JSON text)
 
     def cache_key(self) -> str:
-        """Hash of exactly what determines the answer: backend, model, messages, sampling, sample index."""
+        """Hash of exactly what determines the answer: backend, model, messages, sampling, sample index
+        (and the answer prompt and response schema when there are any). Job names, filters and export
+        settings are not part of it, so changing them never pays for a completion twice."""
         payload = {
             "backend": self.backend,
             "model": self.model,
@@ -97,6 +101,10 @@ class TeacherRequest:
             },
             "sample_idx": self.sample_idx,
         }
+        if self.followup is not None:
+            payload["followup"] = self.followup
+        if self.response_schema is not None:
+            payload["response_schema"] = self.response_schema
         blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -115,6 +123,7 @@ class Completion:
     latency_s: float | None = None
     model: str | None = None
     error: str | None = None
+    cost_usd: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +162,7 @@ class RationaleRecord:
     finish_reason: str | None
     tokens_in: int | None
     tokens_out: int | None
+    cost_usd: float | None
     latency_s: float | None
     completion: str | None
     created_at: datetime

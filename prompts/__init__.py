@@ -70,6 +70,13 @@ class PromptTemplate:
         return tuple(messages)
 
 
+    def render_followup(self, example: Example, task: Task, gold_label: str | None = None) -> str | None:
+        """The second-stage answer prompt of a two-stage template (zero-shot CoT), or None."""
+        if not self.answer_prompt:
+            return None
+        return self.answer_prompt.format_map(self.variables(example, task, gold_label))
+
+
 def label_hint(task: Task, example: Example) -> str:
     """How prompts describe the allowed answers."""
     choices = task.label_choices(example)

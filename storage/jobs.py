@@ -22,7 +22,7 @@ class JobState:
     """One row of the `jobs` view."""
 
     job_id: str
-    status: str  # running | completed | failed | cancelled
+    status: str  # running | completed | failed | cancelled | budget_exhausted
     fingerprint: str
     spec_json: str
     task: str | None = None
@@ -38,6 +38,7 @@ class JobState:
     n_rejected: int = 0
     tokens_in: int = 0
     tokens_out: int = 0
+    cost_usd: float = 0.0
     error: str | None = None
     created_at: datetime = datetime.fromtimestamp(0, UTC)
     updated_at: datetime = datetime.fromtimestamp(0, UTC)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: cost_usd
 _META = {b"stepwise.schema_version": SCHEMA_VERSION.encode()}
 _TS = pa.timestamp("us", tz="UTC")
 
@@ -32,6 +32,7 @@ RECORDS_SCHEMA = pa.schema(
         pa.field("finish_reason", pa.string()),
         pa.field("tokens_in", pa.int32()),
         pa.field("tokens_out", pa.int32()),
+        pa.field("cost_usd", pa.float64()),
         pa.field("latency_s", pa.float32()),
         pa.field("completion", pa.string()),
         pa.field("created_at", _TS, nullable=False),
@@ -58,6 +59,7 @@ JOBS_SCHEMA = pa.schema(
         pa.field("n_rejected", pa.int64()),
         pa.field("tokens_in", pa.int64()),
         pa.field("tokens_out", pa.int64()),
+        pa.field("cost_usd", pa.float64()),
         pa.field("error", pa.string()),
         pa.field("created_at", _TS, nullable=False),
         pa.field("updated_at", _TS, nullable=False),

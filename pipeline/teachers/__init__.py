@@ -1,17 +1,25 @@
-"""Teacher backends. Heavy or networked backends are imported only when a job uses them."""
+"""Teacher backends. Networked backends are imported only when a job uses them."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from pipeline.errors import TeacherError
 from pipeline.teachers.base import TeacherBackend
 
 
-def build_backend(spec) -> TeacherBackend:
-    """The backend a job's `teacher` block asks for."""
+def build_backend(spec, *, corpus: str | Path | None = None, cost=None) -> TeacherBackend:
+    """The backend a job's `teacher` block asks for. Live backends cache completions under the corpus."""
     if spec.backend == "replay":
         from pipeline.teachers.replay import ReplayBackend
 
         return ReplayBackend.from_file(spec.path, spec.model)
+    if spec.backend == "openai":
+        from pipeline.cache import RequestCache
+        from pipeline.teachers.openai_compat import OpenAIBackend
+
+        cache = RequestCache.for_corpus(corpus) if corpus is not None else None
+        return OpenAIBackend(spec, cache=cache, cost=cost)
     raise TeacherError(f"unknown teacher backend {spec.backend!r}")
 
 

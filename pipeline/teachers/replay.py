@@ -8,11 +8,13 @@ completion gets a Completion without text, which becomes a `missing_completion` 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+import concurrent.futures
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import TeacherError
+from pipeline.teachers.base import completed_future
 from pipeline.types import Completion, TeacherRequest
 
 Recorded = tuple[str | None, str | None, int | None, int | None]  # text, finish_reason, tokens_in, tokens_out
@@ -74,6 +76,7 @@ class ReplayBackend:
     """A teacher that answers from recorded completions."""
 
     backend = "replay"
+    events = None
 
     def __init__(self, recorded: Mapping[tuple[str, int], Recorded], model: str = "replay"):
         self.recorded = recorded
@@ -83,8 +86,13 @@ class ReplayBackend:
     def from_file(cls, path: str | Path, model: str = "replay") -> ReplayBackend:
         return cls(load_recorded(Path(path)), model)
 
-    def complete(self, requests: Sequence[TeacherRequest]) -> Iterator[Completion]:
+    def submit(self, requests: Sequence[TeacherRequest]) -> concurrent.futures.Future[list[Completion]]:
+        out = []
         for req in requests:
             text, finish, tin, tout = self.recorded.get((req.example_id, req.sample_idx), (None, None, None, None))
-            yield Completion(req.cache_key(), req.example_id, req.sample_idx, text, finish, tin, tout, None,
-                             self.model)
+            out.append(Completion(req.cache_key(), req.example_id, req.sample_idx, text, finish, tin, tout, None,
+                                  self.model))
+        return completed_future(out)
+
+    def close(self) -> None:
+        pass

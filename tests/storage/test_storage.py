@@ -34,7 +34,7 @@ def record(example_id: str, sample_idx: int = 0, *, job_id: str = "job-a", accep
         rationale="Two piles of three pebbles make 2 * 3 = 6 pebbles.", correct=True, accepted=accepted,
         reject_reason=None if accepted else "incorrect", reject_detail=None, consensus_label="6", agreement=1.0,
         prompt_id="few_shot_cot", prompt_hash="0123456789abcdef", teacher_backend="replay", teacher_model="replay",
-        request_key="k" * 64, finish_reason="stop", tokens_in=120, tokens_out=30, latency_s=0.25,
+        request_key="k" * 64, finish_reason="stop", tokens_in=120, tokens_out=30, cost_usd=None, latency_s=0.25,
         completion="Two piles of three pebbles make 2 * 3 = 6 pebbles. So the answer is 6.", created_at=WHEN,
     )
     base.update(kw)
@@ -71,7 +71,7 @@ def test_write_records_roundtrip_keeps_schema_and_values(tmp_path):
     write_records(records, path)
     back = pq.read_table(path)
     assert back.schema.equals(RECORDS_SCHEMA, check_metadata=False)
-    assert back.schema.metadata[b"stepwise.schema_version"] == b"1"
+    assert back.schema.metadata[b"stepwise.schema_version"] == SCHEMA_VERSION.encode()
     assert [RationaleRecord(**row) for row in back.to_pylist()] == records
     assert [p.name for p in path.parent.iterdir()] == ["shard-000000.parquet"]  # no temp file left behind
 

@@ -1,0 +1,85 @@
+"""The request cache: every completion we paid for, keyed by what determines it, written as it arrives.
+
+Content-addressed by `TeacherRequest.cache_key()` (backend, model, messages, sampling, sample index, and the
+response schema when there is one) and nothing else, so renaming a job or changing its filters or export
+settings never pays for a completion twice. Stored in SQLite (WAL) under `<corpus>/cache/requests.sqlite`:
+each completion is committed before the engine moves on, so a `kill -9` loses at most the requests that were
+still in flight.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from pipeline.errors import StorageError
+from pipeline.types import Completion
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS completions (
+    key TEXT PRIMARY KEY,
+    text TEXT NOT NULL,
+    finish_reason TEXT,
+    tokens_in INTEGER,
+    tokens_out INTEGER,
+    latency_s REAL,
+    model TEXT,
+    created_at REAL NOT NULL
+)
+"""
+
+
+class RequestCache:
+    """A durable map from request key to completion. Safe to share between threads of one process and
+    between processes on one machine (SQLite locking)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode survives a killed process (the case we promise); FULL would add an fsync
+            # per completion to survive power loss too.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open the request cache {self.path}: {exc}") from None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_corpus(cls, root: str | Path) -> RequestCache:
+        return cls(Path(root) / "cache" / "requests.sqlite")
+
+    def get_many(self, keys: list[str]) -> dict[str, Completion]:
+        """Cached completions for the keys that have one (example ids are filled in by the caller)."""
+        out: dict[str, Completion] = {}
+        with self._lock:
+            for i in range(0, len(keys), 500):
+                chunk = keys[i:i + 500]
+                marks = ",".join("?" * len(chunk))
+                for row in self._db.execute(
+                        f"SELECT key, text, finish_reason, tokens_in, tokens_out, latency_s, model "
+                        f"FROM completions WHERE key IN ({marks})", chunk):
+                    out[row[0]] = Completion(row[0], "", 0, row[1], row[2], row[3], row[4], row[5], row[6])
+        return out
+
+    def put(self, completion: Completion) -> None:
+        """Store one completion durably (committed before returning). Errors are never cached."""
+        if completion.text is None or completion.error:
+            return
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO completions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (completion.request_key, completion.text, completion.finish_reason, completion.tokens_in,
+                 completion.tokens_out, completion.latency_s, completion.model, time.time()))
+
+    def count(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT count(*) FROM completions").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

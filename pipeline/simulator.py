@@ -1,0 +1,321 @@
+"""`stepwise sim`: an OpenAI-compatible teacher simulator for the demo, tests and benchmarks.
+
+It is a test tool that stands in for a paid teacher at the outer boundary, never the default teacher of a real
+job. It behaves like a GPU inference server behind a rate-limited API:
+
+- latency: fixed + per output token, with jitter; `capacity` requests are served at once, the rest queue;
+- RPM and TPM limits over a sliding 60 s window, answered with 429, `Retry-After` and `x-ratelimit-*` headers;
+- faults at set rates: 500, 503, dropped connections, stalls past the client timeout, malformed JSON,
+  truncated completions (`finish_reason: "length"`), garbage text;
+- `/stats` counts requests received and completed per request key (the `X-Stepwise-Request-Keys` header our
+  client sends, else a hash of the body), so a test can prove no completed request was sent twice.
+
+Answers come from a completions file (the replay format), from a labeled dataset (task-aware: it reasons to
+the gold answer, or to a wrong one at `wrong_rate`), or else a generic short chain of thought.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import random
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from pipeline.teachers.limits import SlidingWindow, estimate_tokens, request_tokens
+
+FAULTS = ("error_500", "error_503", "drop", "stall", "malformed", "truncated", "garbage")
+
+
+@dataclass
+class SimConfig:
+    """Simulator settings; the CLI flags have the same names."""
+
+    latency_s: float = 0.5
+    per_token_s: float = 0.0
+    jitter_s: float = 0.0
+    capacity: int = 128
+    rpm: int | None = None
+    tpm: int | None = None
+    window_s: float = 60.0  # the rate-limit window; shorter in tests so limits bite within seconds
+    faults: dict[str, float] = field(default_factory=dict)
+    stall_s: float = 30.0
+    api_key: str | None = None  # when set, requests must carry it as a bearer token
+    supports_n: bool = True
+    answers: str | None = None  # replay-format completions file
+    dataset: str | None = None  # labeled JSONL for task-aware answers: {id, question, answer}
+    wrong_rate: float = 0.1
+    seed: int = 0
+    model: str = "stepwise-sim"
+
+    def __post_init__(self) -> None:
+        unknown = set(self.faults) - set(FAULTS)
+        if unknown:
+            raise ValueError(f"unknown fault kinds {sorted(unknown)}; known: {', '.join(FAULTS)}")
+        if sum(self.faults.values()) > 1:
+            raise ValueError("fault rates add up to more than 1")
+
+
+class Simulator:
+    """The server state: limits, queue, answer sources and counters."""
+
+    def __init__(self, config: SimConfig):
+        self.config = config
+        self.rng = random.Random(config.seed)
+        self.slots = asyncio.Semaphore(config.capacity)
+        self.rpm = SlidingWindow(config.rpm, config.window_s) if config.rpm else None
+        self.tpm = SlidingWindow(config.tpm, config.window_s) if config.tpm else None
+        self.received: Counter[str] = Counter()
+        self.completed: Counter[str] = Counter()
+        self.statuses: Counter[str] = Counter()
+        self.accepted_times: list[float] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.started = time.monotonic()
+        self.recorded: dict[tuple[str, int], dict] = {}
+        self.gold: dict[str, str] = {}
+        self.questions: dict[str, str] = {}
+        if config.answers:
+            for line in Path(config.answers).read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    self.recorded[(str(row["example_id"]), int(row.get("sample_idx") or 0))] = row
+        if config.dataset:
+            for line in Path(config.dataset).read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    self.gold[str(row["id"])] = str(row["answer"])
+                    self.questions[str(row["question"])] = str(row["id"])
+
+    # ── answers ──────────────────────────────────────────────────────────────────────────────────────────────
+    def _example_id(self, request: web.Request, body: dict) -> str | None:
+        if request.headers.get("X-Stepwise-Example-Id"):
+            return request.headers["X-Stepwise-Example-Id"]
+        last = next((m.get("content", "") for m in reversed(body.get("messages", [])) if m.get("role") == "user"), "")
+        return next((eid for q, eid in self.questions.items() if q in last), None)
+
+    def answer(self, example_id: str | None, sample_idx: int, body: dict) -> tuple[str, str]:
+        """(text, finish_reason) for one choice."""
+        rec = self.recorded.get((example_id, sample_idx)) if example_id else None
+        if rec is not None:
+            return str(rec.get("text") or ""), str(rec.get("finish_reason") or "stop")
+        messages = body.get("messages", [])
+        if messages and "Therefore, the answer" in str(messages[-1].get("content", "")):
+            # second stage of zero-shot CoT: only the answer
+            gold = self.gold.get(example_id or "", "42")
+            return f" {gold}.", "stop"
+        if example_id in self.gold:
+            gold = self.gold[example_id]
+            rng = random.Random(f"{self.config.seed}:{example_id}:{sample_idx}")
+            if rng.random() < self.config.wrong_rate:
+                wrong = _wrong(gold, rng)
+                return f"Working it through, I get {wrong}. So the answer is {wrong}.", "stop"
+            opening = rng.choice(_OPENINGS)
+            return f"{opening} it out step by step gives {gold}. So the answer is {gold}.", "stop"
+        if body.get("response_format"):
+            return json.dumps({"rationale": "The numbers add up to 42.", "label": "42"}), "stop"
+        return "Adding the numbers step by step gives 42. So the answer is 42.", "stop"
+
+    # ── limits ───────────────────────────────────────────────────────────────────────────────────────────────
+    def _limit_headers(self, now: float) -> dict[str, str]:
+        h = {}
+        if self.rpm:
+            h["x-ratelimit-limit-requests"] = str(self.rpm.limit)
+            h["x-ratelimit-remaining-requests"] = str(self.rpm.remaining(now))
+            reset = self.rpm.wait_time(now, self.rpm.limit) if self.rpm.total else 0.0
+            h["x-ratelimit-reset-requests"] = f"{max(0.0, reset):.3f}s"
+        if self.tpm:
+            h["x-ratelimit-limit-tokens"] = str(self.tpm.limit)
+            h["x-ratelimit-remaining-tokens"] = str(self.tpm.remaining(now))
+            reset = self.tpm.wait_time(now, self.tpm.limit) if self.tpm.total else 0.0
+            h["x-ratelimit-reset-tokens"] = f"{max(0.0, reset):.3f}s"
+        return h
+
+    def _admit(self, tokens: int) -> float:
+        """0 and the request is counted, or the seconds to wait (a 429)."""
+        now = time.monotonic()
+        wait = max(self.rpm.wait_time(now, 1) if self.rpm else 0.0,
+                   self.tpm.wait_time(now, tokens) if self.tpm else 0.0)
+        if wait > 0:
+            return wait
+        if self.rpm:
+            self.rpm.add(now, 1)
+        if self.tpm:
+            self.tpm.add(now, tokens)
+        return 0.0
+
+    # ── handlers ─────────────────────────────────────────────────────────────────────────────────────────────
+    def _error(self, status: int, message: str, kind: str, headers: dict | None = None) -> web.Response:
+        self.statuses[str(status)] += 1
+        return web.json_response({"error": {"message": message, "type": kind, "code": None}}, status=status,
+                                 headers=headers)
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        keys = [k for k in request.headers.get("X-Stepwise-Request-Keys", "").split(",") if k]
+        if not keys:
+            keys = [hashlib.sha256(raw).hexdigest()[:16]]
+        for k in keys:
+            self.received[k] += 1
+        if self.config.api_key is not None:
+            auth = request.headers.get("Authorization", "")
+            if auth != f"Bearer {self.config.api_key}":
+                return self._error(401, "Incorrect API key provided.", "invalid_request_error")
+        try:
+            body = json.loads(raw)
+            messages = body["messages"]
+            if not isinstance(messages, list) or not messages:
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            return self._error(400, "body must be JSON with a non-empty 'messages' list", "invalid_request_error")
+        n = int(body.get("n") or 1)
+        if n > 1 and not self.config.supports_n:
+            return self._error(400, "n > 1 is not supported by this server", "invalid_request_error")
+        tokens = request_tokens(body)
+        wait = self._admit(tokens)
+        now = time.monotonic()
+        if wait > 0:
+            headers = self._limit_headers(now)
+            headers["retry-after"] = str(max(1, math.ceil(wait)))
+            headers["retry-after-ms"] = str(int(wait * 1000) + 1)
+            return self._error(429, "Rate limit reached; please retry after the indicated time.", "requests",
+                               headers)
+        self.accepted_times.append(now)
+        fault = self._draw_fault()
+        if fault in ("error_500", "error_503"):
+            return self._error(int(fault[-3:]), "The server had an error while processing your request.",
+                               "server_error")
+        if fault == "stall":
+            await asyncio.sleep(self.config.stall_s)
+        async with self.slots:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            try:
+                example_id = self._example_id(request, body)
+                base_idx = int(request.headers.get("X-Stepwise-Sample-Idx", "0") or 0)
+                choices, out_tokens = [], 0
+                for i in range(n):
+                    text, finish = self.answer(example_id, base_idx + i, body)
+                    if fault == "truncated":
+                        text, finish = text[: max(1, len(text) // 2)], "length"
+                    elif fault == "garbage":
+                        text = "".join(self.rng.choice("qwxz #%&") for _ in range(40))
+                    out_tokens += estimate_tokens(text)
+                    choices.append({"index": i, "message": {"role": "assistant", "content": text},
+                                    "finish_reason": finish, "logprobs": None})
+                delay = self.config.latency_s + self.config.per_token_s * out_tokens / n
+                if self.config.jitter_s:
+                    delay += self.rng.uniform(-self.config.jitter_s, self.config.jitter_s)
+                await asyncio.sleep(max(0.0, delay))
+            finally:
+                self.in_flight -= 1
+        if fault == "drop":
+            self.statuses["drop"] += 1
+            request.transport.close() if request.transport else None
+            raise ConnectionResetError("simulated dropped connection")
+        if fault == "malformed":
+            self.statuses["malformed"] += 1
+            return web.Response(text='{"id": "chatcmpl-x", "choices": [', content_type="application/json")
+        prompt_tokens = tokens - n * int(body.get("max_completion_tokens") or body.get("max_tokens") or 256)
+        payload = {
+            "id": f"chatcmpl-{self.rng.getrandbits(48):012x}", "object": "chat.completion",
+            "created": int(time.time()), "model": body.get("model") or self.config.model, "choices": choices,
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": out_tokens,
+                      "total_tokens": prompt_tokens + out_tokens},
+        }
+        for k in keys:
+            self.completed[k] += 1
+        self.statuses["200"] += 1
+        return web.json_response(payload, headers=self._limit_headers(time.monotonic()))
+
+    def _draw_fault(self) -> str | None:
+        r = self.rng.random()
+        for kind in FAULTS:
+            rate = self.config.faults.get(kind, 0.0)
+            if r < rate:
+                return kind
+            r -= rate
+        return None
+
+    def stats(self) -> dict[str, Any]:
+        times = self.accepted_times
+        best, j = 0, 0
+        for i, t in enumerate(times):  # the most requests accepted in any 60 s window
+            while times[j] <= t - 60.0:
+                j += 1
+            best = max(best, i - j + 1)
+        return {
+            "received": sum(self.received.values()),
+            "completed": sum(self.completed.values()),
+            "distinct_received": len(self.received),
+            "distinct_completed": len(self.completed),
+            "completed_more_than_once": sum(1 for c in self.completed.values() if c > 1),
+            "statuses": dict(self.statuses),
+            "max_in_flight": self.max_in_flight,
+            "max_accepted_in_any_60s": best,
+            "uptime_s": round(time.monotonic() - self.started, 3),
+        }
+
+    async def stats_handler(self, request: web.Request) -> web.Response:
+        data = self.stats()
+        if request.query.get("keys"):
+            data["per_key"] = {k: {"received": self.received[k], "completed": self.completed[k]}
+                               for k in self.received}
+        return web.json_response(data)
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": self.config.model, "object": "model"}]})
+
+
+_OPENINGS = ("Reading the question carefully and working", "Taking the quantities one at a time and working",
+             "Writing down what is known and working", "Checking each step as I go and working")
+
+
+def _wrong(gold: str, rng: random.Random) -> str:
+    try:
+        value = float(gold)
+        return str(int(value) + rng.choice((-2, -1, 1, 3))) if value == int(value) else f"{value + 1:g}"
+    except ValueError:
+        return {"yes": "no", "no": "yes"}.get(gold.lower(), "none of them")
+
+
+def build_app(config: SimConfig) -> web.Application:
+    sim = Simulator(config)
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app["sim"] = sim
+    app.router.add_post("/v1/chat/completions", sim.chat)
+    app.router.add_get("/stats", sim.stats_handler)
+    app.router.add_get("/v1/models", sim.models)
+    return app
+
+
+def parse_faults(text: str | None) -> dict[str, float]:
+    """`error_503=0.1,stall=0.05` -> {"error_503": 0.1, "stall": 0.05}."""
+    out: dict[str, float] = {}
+    for part in filter(None, re.split(r"\s*,\s*", text or "")):
+        name, _, rate = part.partition("=")
+        out[name.strip()] = float(rate)
+    return out
+
+
+async def serve(config: SimConfig, host: str = "127.0.0.1", port: int = 0, ready=None) -> None:
+    """Run until cancelled; calls `ready(port)` once listening."""
+    runner = web.AppRunner(build_app(config), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=4096)
+    await site.start()
+    bound = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked for
+    if ready:
+        ready(bound)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,364 @@
+"""`openai` backend: any OpenAI-compatible chat completions server, driven by an asyncio engine.
+
+The engine keeps the teacher saturated up to its limits and never pays twice:
+- bounded, adaptive concurrency (halves on 429s and timeouts, climbs back when healthy);
+- client-side RPM / TPM budgets, paced, and the server's Retry-After / x-ratelimit-reset-* honoured by all
+  senders at once;
+- retries with tenacity for transient errors only, chosen by exception type; other 4xx become
+  `teacher_error` rejects; 401 / 403 stop the job at once;
+- every completion is committed to the request cache the moment it arrives; requests already there are
+  never sent; the samples of one example go in one request with `n` where the server supports it;
+- the two-stage zero-shot CoT (reasoning, then the answer prompt) with both stages cached;
+- an optional cost cap that stops dispatching cleanly (BudgetExhaustedError) and resumes with a higher cap.
+
+The engine runs its event loop in one background thread for the whole job; the runner hands it shards
+with `submit()` and gets futures back, so the next shard's requests queue while the last ones finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import os
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+from pipeline.cache import RequestCache
+from pipeline.errors import (
+    BudgetExhaustedError,
+    RateLimitedError,
+    RequestRejectedError,
+    TeacherAuthError,
+    TeacherError,
+    TeacherTimeoutError,
+    TransientTeacherError,
+)
+from pipeline.spec import CostSpec, OpenAITeacherSpec
+from pipeline.teachers.limits import AdaptiveConcurrency, RateBudget, estimate_tokens, parse_reset, request_tokens
+from pipeline.teachers.transport import ChatResponse, build_transport
+from pipeline.types import Completion, TeacherRequest
+
+EventFn = Callable[[Completion, bool], None]  # (completion, served from cache)
+_MAX_N = 128
+
+
+@dataclass
+class EngineStats:
+    """Counters a job reports: what was sent, served from cache, retried, and what it cost."""
+
+    sent: int = 0            # HTTP requests that got a response (any status)
+    cache_hits: int = 0      # samples served from the request cache
+    completed: int = 0       # samples completed by the teacher in this run
+    retries: int = 0
+    rate_limited: int = 0    # 429s received
+    failed: int = 0          # samples that ended as teacher_error
+    cost_usd: float = 0.0
+
+
+class CostMeter:
+    """Spend so far plus reservations for requests in flight; refuses to start what could pass the cap."""
+
+    def __init__(self, price: CostSpec | None):
+        self.price = price
+        self.cap = price.budget_usd if price else None
+        self.spent = 0.0
+        self.reserved = 0.0
+
+    def reserve(self, tokens_in: int, tokens_out_max: int) -> float:
+        if self.price is None:
+            return 0.0
+        worst = self.price.cost(tokens_in, tokens_out_max) or 0.0
+        if self.cap is not None and self.spent + self.reserved + worst > self.cap:
+            raise BudgetExhaustedError(f"budget of ${self.cap:.4f} reached (spent ${self.spent:.4f}); "
+                                       f"run again with a higher cost.budget_usd to continue")
+        self.reserved += worst
+        return worst
+
+    def settle(self, reserved: float, actual: float | None) -> None:
+        self.reserved -= reserved
+        self.spent += actual or 0.0
+
+
+def read_api_key(spec: OpenAITeacherSpec) -> str | None:
+    if spec.api_key_env is None:
+        return None
+    key = os.environ.get(spec.api_key_env)
+    if not key:
+        raise TeacherAuthError(f"environment variable {spec.api_key_env} is not set: it should hold the API key "
+                               f"for {spec.base_url} (teacher.api_key_env names it)")
+    return key
+
+
+class OpenAIBackend:
+    """Teacher backend for OpenAI-compatible servers. Use `submit()` from any thread; `close()` at the end."""
+
+    backend = "openai"
+
+    def __init__(self, spec: OpenAITeacherSpec, cache: RequestCache | None = None, cost: CostSpec | None = None):
+        self.spec = spec
+        self.model = spec.model
+        self.cache = cache
+        self.meter = CostMeter(cost)
+        self.stats = EngineStats()
+        self.events: EventFn | None = None
+        self._api_key = read_api_key(spec)
+        self._fatal: TeacherError | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="stepwise-teacher", daemon=True)
+        self._thread.start()
+        self._transport = None
+        self._rate = None
+        self._slots = None
+        self._tasks: set[asyncio.Future] = set()
+
+    # ── public, thread-safe ──────────────────────────────────────────────────────────────────────────────────
+    def submit(self, requests: Sequence[TeacherRequest]) -> concurrent.futures.Future[list[Completion]]:
+        """Start completing `requests`; the future holds one Completion per request, in order."""
+        return asyncio.run_coroutine_threadsafe(self._complete(list(requests)), self._loop)
+
+    def complete(self, requests: Sequence[TeacherRequest]) -> list[Completion]:
+        return self.submit(requests).result()
+
+    def close(self) -> None:
+        async def _shutdown() -> None:
+            for task in list(self._tasks):
+                task.cancel()
+            if self._transport is not None:
+                await self._transport.close()
+
+        if self._loop.is_running():
+            asyncio.run_coroutine_threadsafe(_shutdown(), self._loop).result(timeout=30)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=30)
+        self._loop.close()
+
+    # ── engine, on the loop thread ───────────────────────────────────────────────────────────────────────────
+    def _ensure_started(self) -> None:
+        if self._transport is None:
+            s = self.spec
+            self._transport = build_transport(s.transport, s.base_url, self._api_key, s.timeout_s, s.max_concurrency)
+            self._rate = RateBudget(s.rpm, s.tpm)
+            self._slots = AdaptiveConcurrency(s.max_concurrency)
+
+    async def _complete(self, requests: list[TeacherRequest]) -> list[Completion]:
+        self._ensure_started()
+        keys = [r.cache_key() for r in requests]
+        cached = self.cache.get_many(keys) if self.cache is not None else {}
+        results: dict[str, Completion] = {}
+        groups: dict[tuple, list[tuple[TeacherRequest, str]]] = defaultdict(list)
+        for req, key in zip(requests, keys, strict=True):
+            if key in cached:
+                results[key] = self._from_cache(cached[key], req)
+            else:
+                # the samples of one example share one messages tuple (built once per example)
+                groups[(req.example_id, id(req.messages), req.followup, req.response_schema)].append((req, key))
+        calls = []
+        for members in groups.values():
+            if members[0][0].followup is not None:
+                calls.extend(self._two_stage(req, key) for req, key in members)
+            elif self.spec.supports_n and len(members) > 1:
+                calls.extend(self._call(members[i:i + _MAX_N]) for i in range(0, len(members), _MAX_N))
+            else:
+                calls.extend(self._call([m]) for m in members)
+        tasks = [asyncio.ensure_future(c) for c in calls]
+        self._tasks.update(tasks)
+        try:
+            for done in await asyncio.gather(*tasks, return_exceptions=True):
+                if isinstance(done, BaseException):
+                    raise done
+                for c in done:
+                    results[c.request_key] = c
+        finally:
+            self._tasks.difference_update(tasks)
+            if self._fatal is not None:
+                for t in tasks:
+                    t.cancel()
+        if self._fatal is not None:
+            raise self._fatal
+        return [results[k] for k in keys]
+
+    def _from_cache(self, c: Completion, req: TeacherRequest) -> Completion:
+        c = replace(c, example_id=req.example_id, sample_idx=req.sample_idx, latency_s=0.0,
+                    cost_usd=self.meter.price.cost(c.tokens_in, c.tokens_out) if self.meter.price else None)
+        self.stats.cache_hits += 1
+        self.meter.settle(0.0, c.cost_usd)  # paid once already: it counts towards this job's spend
+        self._emit(c, True)
+        return c
+
+    def _emit(self, c: Completion, cached: bool) -> None:
+        if c.cost_usd:
+            self.stats.cost_usd += c.cost_usd
+        if self.events:
+            self.events(c, cached)
+
+    def _body(self, req: TeacherRequest, n: int, messages: Sequence[dict[str, str]]) -> dict[str, Any]:
+        s = req.sampling
+        body: dict[str, Any] = {"model": self.spec.model, "messages": list(messages), "temperature": s.temperature,
+                                "top_p": s.top_p, "max_tokens": s.max_tokens}
+        if n > 1:
+            body["n"] = n
+        if s.seed is not None:
+            body["seed"] = s.seed + req.sample_idx  # distinct samples when they go one request each
+        if s.stop:
+            body["stop"] = list(s.stop)
+        if req.response_schema is not None:
+            schema = json.loads(req.response_schema)
+            if self.spec.structured_output == "guided_json":
+                body["guided_json"] = schema
+            else:
+                body["response_format"] = {"type": "json_schema", "json_schema": {
+                    "name": "rationale_and_label", "schema": schema, "strict": True}}
+        return body
+
+    async def _call(self, members: list[tuple[TeacherRequest, str]],
+                    messages: Sequence[dict[str, str]] | None = None) -> list[Completion]:
+        """One HTTP request for one or more samples of an example (n = len(members))."""
+        first = members[0][0]
+        body = self._body(first, len(members), messages if messages is not None else first.messages)
+        headers = {"X-Stepwise-Request-Keys": ",".join(k[:16] for _, k in members),
+                   "X-Stepwise-Example-Id": first.example_id, "X-Stepwise-Sample-Idx": str(first.sample_idx)}
+        try:
+            resp, latency = await self._send_with_retries(body, headers)
+        except (RequestRejectedError, TransientTeacherError) as exc:
+            reason = str(exc) if isinstance(exc, RequestRejectedError) else \
+                f"gave up after {self.spec.max_attempts} attempts: {exc}"
+            self.stats.failed += len(members)
+            out = [Completion(k, r.example_id, r.sample_idx, None, None, error=reason, model=self.model)
+                   for r, k in members]
+            for c in out:
+                self._emit(c, False)
+            return out
+        return self._completions(members, resp, latency)
+
+    def _completions(self, members, resp: ChatResponse, latency: float) -> list[Completion]:
+        n = len(members)
+        texts = [resp.choices[i] if i < len(resp.choices) else (None, None) for i in range(n)]
+        est = [estimate_tokens(t or "") for t, _ in texts]
+        total_out = resp.tokens_out if resp.tokens_out is not None else sum(est)
+        out = []
+        for i, ((req, key), (text, finish)) in enumerate(zip(members, texts, strict=True)):
+            tin = None if resp.tokens_in is None else resp.tokens_in // n + (resp.tokens_in % n if i == 0 else 0)
+            tout = round(total_out * est[i] / max(1, sum(est)))
+            cost = self.meter.price.cost(tin, tout) if self.meter.price else None
+            c = Completion(key, req.example_id, req.sample_idx, text, finish or "stop", tin, tout, latency,
+                           resp.model or self.model, None if text is not None else "the teacher returned no text",
+                           cost)
+            if self.cache is not None and text is not None:
+                self.cache.put(c)  # durable before anything else happens: paid once, kept
+            self.stats.completed += 1
+            self._emit(c, False)
+            out.append(c)
+        return out
+
+    async def _two_stage(self, req: TeacherRequest, key: str) -> Completion:
+        """Zero-shot CoT: stage 1 asks for reasoning; stage 2 sends it back with the answer prompt."""
+        stage1_req = replace(req, followup=None)
+        stage1 = (await self._cached_or_call(stage1_req))[0]
+        if stage1.text is None or stage1.finish_reason == "length":
+            return replace(stage1, request_key=key)
+        messages = (*req.messages, {"role": "assistant", "content": stage1.text},
+                    {"role": "user", "content": req.followup})
+        stage2_req = replace(req, messages=messages, followup=None,
+                             sampling=replace(req.sampling, max_tokens=min(64, req.sampling.max_tokens)))
+        stage2 = (await self._cached_or_call(stage2_req))[0]
+        if stage2.text is None:
+            return replace(stage2, request_key=key)
+        text = f"{stage1.text.rstrip()}\n{req.followup} {stage2.text.strip()}"
+        tin = (stage1.tokens_in or 0) + (stage2.tokens_in or 0)
+        tout = (stage1.tokens_out or 0) + (stage2.tokens_out or 0)
+        combined = Completion(key, req.example_id, req.sample_idx, text, stage2.finish_reason, tin, tout,
+                              (stage1.latency_s or 0) + (stage2.latency_s or 0), stage2.model, None,
+                              (stage1.cost_usd or 0) + (stage2.cost_usd or 0) if self.meter.price else None)
+        if self.cache is not None:
+            self.cache.put(combined)
+        return combined
+
+    async def _cached_or_call(self, req: TeacherRequest) -> list[Completion]:
+        key = req.cache_key()
+        hit = self.cache.get_many([key]).get(key) if self.cache is not None else None
+        if hit is not None:
+            return [self._from_cache(hit, req)]
+        return await self._call([(req, key)])
+
+    async def _send_with_retries(self, body: dict[str, Any], headers: dict[str, str]) -> tuple[ChatResponse, float]:
+        retrying = AsyncRetrying(retry=retry_if_exception_type(TransientTeacherError),
+                                 stop=stop_after_attempt(self.spec.max_attempts), wait=self._wait, reraise=True,
+                                 before_sleep=self._count_retry)
+        async for attempt in retrying:
+            with attempt:
+                return await self._send(body, headers)
+        raise AssertionError("tenacity returns or raises")  # pragma: no cover
+
+    _backoff = wait_exponential_jitter(initial=0.5, max=30.0)
+
+    def _wait(self, state) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
+            return exc.retry_after
+        return self._backoff(state)
+
+    def _count_retry(self, state) -> None:
+        self.stats.retries += 1
+
+    async def _send(self, body: dict[str, Any], headers: dict[str, str]) -> tuple[ChatResponse, float]:
+        if self._fatal is not None:
+            raise self._fatal
+        tokens = request_tokens(body)
+        try:
+            reserved = self.meter.reserve(tokens - int(body.get("n") or 1) * int(body["max_tokens"]),
+                                          int(body.get("n") or 1) * int(body["max_tokens"]))
+        except BudgetExhaustedError as exc:
+            self._fatal = exc
+            raise
+        actual = None
+        try:
+            await self._rate.acquire(tokens)
+            await self._slots.acquire()
+            if self._fatal is not None:  # the job stopped while this request waited for its turn
+                self._slots.release("error")
+                raise self._fatal
+            outcome = "error"
+            started = time.monotonic()
+            try:
+                resp = await self._transport.chat(body, headers)
+                outcome = "ok"
+            except RateLimitedError as exc:
+                outcome = "throttled"
+                self.stats.rate_limited += 1
+                self._rate.pause(exc.retry_after if exc.retry_after is not None else 1.0)
+                raise
+            except TeacherTimeoutError:
+                outcome = "throttled"
+                raise
+            except TeacherAuthError as exc:
+                self._fatal = TeacherAuthError(
+                    f"{exc}: check the key in ${self.spec.api_key_env} for {self.spec.base_url}"
+                    if self.spec.api_key_env else f"{exc} ({self.spec.base_url} needs an API key: set "
+                                                  f"teacher.api_key_env)")
+                raise self._fatal from None
+            finally:
+                self.stats.sent += 1
+                self._slots.release(outcome)
+            latency = time.monotonic() - started
+            self._respect_headers(resp.headers)
+            if self.meter.price:
+                actual = self.meter.price.cost(resp.tokens_in, resp.tokens_out)
+            return resp, latency
+        finally:
+            self.meter.settle(reserved, actual)
+
+    def _respect_headers(self, headers: dict[str, str]) -> None:
+        """When the server says a budget is used up, hold every sender until its reset."""
+        lower = {k.lower(): v for k, v in headers.items()}
+        for kind in ("requests", "tokens"):
+            if lower.get(f"x-ratelimit-remaining-{kind}") == "0":
+                reset = parse_reset(lower.get(f"x-ratelimit-reset-{kind}"))
+                if reset:
+                    self._rate.pause(reset)
