@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 CORPUS ?= corpus
 
-.PHONY: demo test install bench clean
+.PHONY: demo demo-replay test install bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,12 +16,12 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
+	$(BIN)/stepwise demo --corpus $(CORPUS) --out exports
+
+# the recorded-teacher variant: no HTTP at all
+demo-replay: $(STAMP)
 	$(BIN)/stepwise run pipeline/samples/demo/job.yaml --corpus $(CORPUS)
-	$(BIN)/stepwise query --corpus $(CORPUS) \
-	  "SELECT coalesce(reject_reason, 'accepted') AS outcome, count(*) AS n FROM records WHERE job_id = 'demo-arithmetic' GROUP BY 1 ORDER BY n DESC"
-	$(BIN)/stepwise export --corpus $(CORPUS) --job demo-arithmetic --format finetune_cot --out exports/demo-finetune-cot.jsonl
-	$(BIN)/stepwise export --corpus $(CORPUS) --job demo-arithmetic --format dsbs --out exports/demo-dsbs --split 0.8,0.1,0.1
-	@echo "demo done: corpus in ./$(CORPUS), exports in ./exports"
+	$(BIN)/stepwise export --corpus $(CORPUS) --job demo-arithmetic --format finetune_cot --out exports/demo-replay.jsonl
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q
@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/parse_throughput.py
 	$(BIN)/python bench/write_throughput.py
 	$(BIN)/python bench/dsbs_accuracy.py
+	$(BIN)/python bench/teacher_throughput.py
 
 clean:
 	rm -rf $(VENV) $(CORPUS) exports .pytest_cache

@@ -13,7 +13,6 @@ import re
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
 from _data import DSBS, ROOT, print_json, real_pairs, require_data
 

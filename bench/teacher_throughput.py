@@ -89,12 +89,14 @@ def capacity(n: int) -> dict:
     return out
 
 
-def rate(n: int) -> dict:
+def rate(n: int, tpm_factor: float) -> dict:
+    """RPM 1,200 and a TPM limit `tpm_factor` times what 1,200 requests of this size need
+    (above 1: RPM binds; below 1: TPM binds)."""
     from pipeline.teachers.limits import request_tokens
 
-    rpm, tokens_each = 1200, request_tokens({"messages": [{"content": "Q: What is 1000 plus 3?\nA:"}],
+    rpm, tokens_each = 1200, request_tokens({"messages": [{"content": "rpm-Q: What is 1000 plus 3?\nA:"}],
                                              "max_tokens": 64})
-    tpm = int(rpm * tokens_each * 1.1)  # both limits near binding: TPM 10 % above what RPM allows
+    tpm = int(rpm * tokens_each * tpm_factor)
     proc, url = start_sim("--latency", "1.0", "--capacity", "128", "--rpm", str(rpm), "--tpm", str(tpm))
     allowed = min(rpm, tpm / tokens_each) / 60
     try:
@@ -105,8 +107,11 @@ def rate(n: int) -> dict:
     # steady state: the first request goes at t=0 and the last is answered one latency after it was sent
     r["ratio_to_allowed"] = round(n / (r["seconds"] - 1.0) / allowed, 3)
     r["share_429"] = round(stats["statuses"].get("429", 0) / max(1, stats["received"]), 4)
-    return {"scenario": f"rate: RPM {rpm}, TPM {tpm} (~{tokens_each} tokens a request)",
-            "allowed_per_s": round(allowed, 2), **r, "sim_max_accepted_in_any_60s": stats["max_accepted_in_any_60s"]}
+    bound = "RPM" if tpm_factor >= 1 else "TPM"
+    return {"scenario": f"rate: RPM {rpm}, TPM {tpm} (~{tokens_each} tokens a request; {bound} binds)",
+            "allowed_per_s": round(allowed, 2), **r, "sim_max_accepted_in_any_60s": stats["max_accepted_in_any_60s"],
+            # the busiest minute the server saw, over what the limits allow in a minute
+            "busiest_minute_over_allowed": round(stats["max_accepted_in_any_60s"] / (allowed * 60), 3)}
 
 
 def main() -> None:
@@ -120,7 +125,8 @@ def main() -> None:
     if args.only in (None, "capacity"):
         results.append(capacity(args.requests))
     if args.only in (None, "rate"):
-        results.append(rate(args.rate_requests))
+        results.append(rate(args.rate_requests, 1.1))
+        results.append(rate(args.rate_requests, 0.8))
     print(json.dumps(results, indent=2))
 
 

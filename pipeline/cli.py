@@ -148,11 +148,21 @@ def cmd_query(args: argparse.Namespace) -> int:
         for row in rows:
             sys.stdout.write(json.dumps(row, default=str, ensure_ascii=False) + "\n")
     else:
-        t = Table(*table.column_names)
-        for row in rows:
-            t.add_row(*("" if v is None else str(v) for v in row.values()))
-        out.print(t)
+        print_table(table)
     return 0
+
+
+def print_table(table) -> None:
+    t = Table(*table.column_names)
+    for row in table.to_pylist():
+        t.add_row(*("" if v is None else str(v) for v in row.values()))
+    out.print(t)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pipeline.demo import main as demo
+
+    return demo(args.corpus, args.out, quiet=args.quiet)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -248,6 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--split", help="train,valid,test fractions, e.g. 0.8,0.1,0.1")
     ex.add_argument("--seed", type=int, default=0)
     ex.set_defaults(func=cmd_export)
+    demo = sub.add_parser("demo", help="start the simulator, run the live demo job, query and export it")
+    demo.add_argument("--corpus", default="corpus")
+    demo.add_argument("--out", default="exports")
+    demo.add_argument("--quiet", action="store_true")
+    demo.set_defaults(func=cmd_demo)
+
     sim = sub.add_parser("sim", help="an OpenAI-compatible teacher simulator (a test tool)")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=0, help="0 picks a free port")

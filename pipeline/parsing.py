@@ -40,19 +40,22 @@ def cut_follow_on(text: str) -> tuple[str, bool]:
     return (text[: m.start()], True) if m else (text, False)
 
 
+def _last_match(pattern: re.Pattern[str], text: str) -> re.Match[str] | None:
+    last = None
+    for last in pattern.finditer(text):  # noqa: B007 - we want the final match
+        pass
+    return last
+
+
 def split_answer(text: str, task: Task) -> tuple[str, str] | None:
     """(rationale, answer text) around the last answer trigger, or None when there is none."""
     if task.answer_pattern is not None:
-        last = None
-        for last in task.answer_pattern.finditer(text):
-            pass
+        last = _last_match(task.answer_pattern, text)
         if last is None:
             return None
         answer = last.group(1) if last.groups() else last.group(0)
         return text[: last.start()], answer
-    last = None
-    for last in _TRIGGER.finditer(text):
-        pass
+    last = _last_match(_TRIGGER, text)
     if last is None:
         return None
     rest = text[last.end():].lstrip()

@@ -27,6 +27,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from aiohttp import web
 
@@ -98,7 +99,7 @@ class Simulator:
     # ── answers ──────────────────────────────────────────────────────────────────────────────────────────────
     def _example_id(self, request: web.Request, body: dict) -> str | None:
         if request.headers.get("X-Stepwise-Example-Id"):
-            return request.headers["X-Stepwise-Example-Id"]
+            return unquote(request.headers["X-Stepwise-Example-Id"])
         last = next((m.get("content", "") for m in reversed(body.get("messages", [])) if m.get("role") == "user"), "")
         return next((eid for q, eid in self.questions.items() if q in last), None)
 

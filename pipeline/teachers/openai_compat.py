@@ -27,6 +27,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import quote
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
@@ -222,8 +223,10 @@ class OpenAIBackend:
         """One HTTP request for one or more samples of an example (n = len(members))."""
         first = members[0][0]
         body = self._body(first, len(members), messages if messages is not None else first.messages)
+        # informational headers (the simulator counts by them); ids are percent-encoded: headers are ASCII
         headers = {"X-Stepwise-Request-Keys": ",".join(k[:16] for _, k in members),
-                   "X-Stepwise-Example-Id": first.example_id, "X-Stepwise-Sample-Idx": str(first.sample_idx)}
+                   "X-Stepwise-Example-Id": quote(first.example_id, safe=""),
+                   "X-Stepwise-Sample-Idx": str(first.sample_idx)}
         try:
             resp, latency = await self._send_with_retries(body, headers)
         except (RequestRejectedError, TransientTeacherError) as exc:
