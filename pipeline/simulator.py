@@ -201,10 +201,11 @@ class Simulator:
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             try:
                 example_id = self._example_id(request, body)
-                base_idx = int(request.headers.get("X-Stepwise-Sample-Idx", "0") or 0)
+                idxs = [int(i) for i in request.headers.get("X-Stepwise-Sample-Idx", "").split(",") if i.strip()]
+                idxs = (idxs + list(range(len(idxs), n)))[:n] if idxs else list(range(n))
                 choices, out_tokens = [], 0
                 for i in range(n):
-                    text, finish = self.answer(example_id, base_idx + i, body)
+                    text, finish = self.answer(example_id, idxs[i], body)
                     if fault == "truncated":
                         text, finish = text[: max(1, len(text) // 2)], "length"
                     elif fault == "garbage":
@@ -309,7 +310,8 @@ def parse_faults(text: str | None) -> dict[str, float]:
 
 async def serve(config: SimConfig, host: str = "127.0.0.1", port: int = 0, ready=None) -> None:
     """Run until cancelled; calls `ready(port)` once listening."""
-    runner = web.AppRunner(build_app(config), access_log=None, handle_signals=False)
+    # handler_cancellation: a request whose client hung up stops there and is not counted as completed
+    runner = web.AppRunner(build_app(config), access_log=None, handle_signals=False, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=4096)
     await site.start()

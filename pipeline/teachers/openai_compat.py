@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote
 
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential, wait_random
 
 from pipeline.cache import RequestCache
 from pipeline.errors import (
@@ -154,10 +154,12 @@ class OpenAIBackend:
         cached = self.cache.get_many(keys) if self.cache is not None else {}
         results: dict[str, Completion] = {}
         groups: dict[tuple, list[tuple[TeacherRequest, str]]] = defaultdict(list)
+        first_seen: set[str] = set()
         for req, key in zip(requests, keys, strict=True):
             if key in cached:
                 results[key] = self._from_cache(cached[key], req)
-            else:
+            elif key not in first_seen:  # identical requests (two examples, one prompt) are sent once
+                first_seen.add(key)
                 # the samples of one example share one messages tuple (built once per example)
                 groups[(req.example_id, id(req.messages), req.followup, req.response_schema)].append((req, key))
         calls = []
@@ -183,7 +185,13 @@ class OpenAIBackend:
                     t.cancel()
         if self._fatal is not None:
             raise self._fatal
-        return [results[k] for k in keys]
+        out = []
+        for req, key in zip(requests, keys, strict=True):
+            c = results[key]
+            if (c.example_id, c.sample_idx) != (req.example_id, req.sample_idx):
+                c = replace(c, example_id=req.example_id, sample_idx=req.sample_idx)
+            out.append(c)
+        return out
 
     def _from_cache(self, c: Completion, req: TeacherRequest) -> Completion:
         c = replace(c, example_id=req.example_id, sample_idx=req.sample_idx, latency_s=0.0,
@@ -226,7 +234,7 @@ class OpenAIBackend:
         # informational headers (the simulator counts by them); ids are percent-encoded: headers are ASCII
         headers = {"X-Stepwise-Request-Keys": ",".join(k[:16] for _, k in members),
                    "X-Stepwise-Example-Id": quote(first.example_id, safe=""),
-                   "X-Stepwise-Sample-Idx": str(first.sample_idx)}
+                   "X-Stepwise-Sample-Idx": ",".join(str(r.sample_idx) for r, _ in members)}
         try:
             resp, latency = await self._send_with_retries(body, headers)
         except (RequestRejectedError, TransientTeacherError) as exc:
@@ -260,19 +268,19 @@ class OpenAIBackend:
             out.append(c)
         return out
 
-    async def _two_stage(self, req: TeacherRequest, key: str) -> Completion:
+    async def _two_stage(self, req: TeacherRequest, key: str) -> list[Completion]:
         """Zero-shot CoT: stage 1 asks for reasoning; stage 2 sends it back with the answer prompt."""
         stage1_req = replace(req, followup=None)
         stage1 = (await self._cached_or_call(stage1_req))[0]
         if stage1.text is None or stage1.finish_reason == "length":
-            return replace(stage1, request_key=key)
+            return [replace(stage1, request_key=key)]
         messages = (*req.messages, {"role": "assistant", "content": stage1.text},
                     {"role": "user", "content": req.followup})
         stage2_req = replace(req, messages=messages, followup=None,
                              sampling=replace(req.sampling, max_tokens=min(64, req.sampling.max_tokens)))
         stage2 = (await self._cached_or_call(stage2_req))[0]
         if stage2.text is None:
-            return replace(stage2, request_key=key)
+            return [replace(stage2, request_key=key)]
         text = f"{stage1.text.rstrip()}\n{req.followup} {stage2.text.strip()}"
         tin = (stage1.tokens_in or 0) + (stage2.tokens_in or 0)
         tout = (stage1.tokens_out or 0) + (stage2.tokens_out or 0)
@@ -281,7 +289,7 @@ class OpenAIBackend:
                               (stage1.cost_usd or 0) + (stage2.cost_usd or 0) if self.meter.price else None)
         if self.cache is not None:
             self.cache.put(combined)
-        return combined
+        return [combined]
 
     async def _cached_or_call(self, req: TeacherRequest) -> list[Completion]:
         key = req.cache_key()
@@ -299,7 +307,7 @@ class OpenAIBackend:
                 return await self._send(body, headers)
         raise AssertionError("tenacity returns or raises")  # pragma: no cover
 
-    _backoff = wait_exponential_jitter(initial=0.5, max=30.0)
+    _backoff = wait_exponential(multiplier=0.5, max=30.0) + wait_random(0, 0.5)
 
     def _wait(self, state) -> float:
         exc = state.outcome.exception() if state.outcome else None
@@ -314,24 +322,22 @@ class OpenAIBackend:
         if self._fatal is not None:
             raise self._fatal
         tokens = request_tokens(body)
+        out_max = int(body.get("n") or 1) * int(body["max_tokens"])
+        await self._rate.acquire(tokens)
+        await self._slots.acquire()
+        outcome = "error"
+        reserved, actual = 0.0, None
         try:
-            reserved = self.meter.reserve(tokens - int(body.get("n") or 1) * int(body["max_tokens"]),
-                                          int(body.get("n") or 1) * int(body["max_tokens"]))
-        except BudgetExhaustedError as exc:
-            self._fatal = exc
-            raise
-        actual = None
-        try:
-            await self._rate.acquire(tokens)
-            await self._slots.acquire()
             if self._fatal is not None:  # the job stopped while this request waited for its turn
-                self._slots.release("error")
                 raise self._fatal
-            outcome = "error"
+            try:
+                reserved = self.meter.reserve(tokens - out_max, out_max)  # only what is about to be in flight
+            except BudgetExhaustedError as exc:
+                self._fatal = exc
+                raise
             started = time.monotonic()
             try:
                 resp = await self._transport.chat(body, headers)
-                outcome = "ok"
             except RateLimitedError as exc:
                 outcome = "throttled"
                 self.stats.rate_limited += 1
@@ -348,13 +354,14 @@ class OpenAIBackend:
                 raise self._fatal from None
             finally:
                 self.stats.sent += 1
-                self._slots.release(outcome)
+            outcome = "ok"
             latency = time.monotonic() - started
             self._respect_headers(resp.headers)
             if self.meter.price:
                 actual = self.meter.price.cost(resp.tokens_in, resp.tokens_out)
             return resp, latency
         finally:
+            self._slots.release(outcome)
             self.meter.settle(reserved, actual)
 
     def _respect_headers(self, headers: dict[str, str]) -> None:

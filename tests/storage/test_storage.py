@@ -321,7 +321,7 @@ def test_refusals_say_why(corpus):
     "  select count(*) as n from records ;  ",
     "WITH r AS (SELECT * FROM records) SELECT count(*) AS n FROM r",
     "FROM records SELECT count(*) AS n",
-    f"SELECT count(*) AS n FROM read_parquet('{{root}}/records/*/*.parquet')",
+    "SELECT count(*) AS n FROM read_parquet('{root}/records/*/*.parquet')",
 ])
 def test_reads_inside_the_corpus_are_allowed(corpus, sql):
     assert query(corpus, sql.format(root=corpus)).to_pylist() == [{"n": 3}]
