@@ -111,19 +111,22 @@ class Simulator:
         messages = body.get("messages", [])
         if messages and "Therefore, the answer" in str(messages[-1].get("content", "")):
             # second stage of zero-shot CoT: only the answer
-            gold = self.gold.get(example_id or "", "42")
-            return f" {gold}.", "stop"
+            return f" {self.gold.get(example_id or '', '42')}.", "stop"
         if example_id in self.gold:
             gold = self.gold[example_id]
             rng = random.Random(f"{self.config.seed}:{example_id}:{sample_idx}")
             if rng.random() < self.config.wrong_rate:
-                wrong = _wrong(gold, rng)
-                return f"Working it through, I get {wrong}. So the answer is {wrong}.", "stop"
-            opening = rng.choice(_OPENINGS)
-            return f"{opening} it out step by step gives {gold}. So the answer is {gold}.", "stop"
-        if body.get("response_format"):
-            return json.dumps({"rationale": "The numbers add up to 42.", "label": "42"}), "stop"
-        return "Adding the numbers step by step gives 42. So the answer is 42.", "stop"
+                label = _wrong(gold, rng)
+                rationale = f"Working it through, I get {label}."
+            else:
+                label = gold
+                rationale = f"{rng.choice(_OPENINGS)} it out step by step gives {gold}."
+        else:
+            label, rationale = "42", "Adding the numbers step by step gives 42."
+        # structured output as OpenAI (response_format) and vLLM (structured_outputs, guided_json) ask for it
+        if body.get("response_format") or body.get("structured_outputs") or body.get("guided_json"):
+            return json.dumps({"rationale": rationale, "label": label}), "stop"
+        return f"{rationale} So the answer is {label}.", "stop"
 
     # ── limits ───────────────────────────────────────────────────────────────────────────────────────────────
     def _limit_headers(self, now: float) -> dict[str, str]:

@@ -138,9 +138,10 @@ class OpenAITeacherSpec(_Strict):
     timeout_s: float = Field(120.0, gt=0, description="per-request timeout; a stalled request is retried")
     max_attempts: int = Field(6, ge=1, le=50, description="attempts per request for transient errors")
     supports_n: bool = Field(True, description="ask for all samples of an example in one request (n)")
-    structured_output: Literal["response_format", "guided_json"] = Field(
-        "response_format", description="how JSON-mode prompts pass their schema: OpenAI response_format, "
-                                       "or vLLM's guided_json")
+    structured_output: Literal["response_format", "structured_outputs", "guided_json"] = Field(
+        "response_format", description="how JSON-mode prompts pass their schema: OpenAI response_format (also "
+                                       "understood by vLLM), vLLM >= 0.12 structured_outputs, or the older "
+                                       "vLLM guided_json")
 
     @field_validator("base_url")
     @classmethod

@@ -219,7 +219,9 @@ class OpenAIBackend:
             body["stop"] = list(s.stop)
         if req.response_schema is not None:
             schema = json.loads(req.response_schema)
-            if self.spec.structured_output == "guided_json":
+            if self.spec.structured_output == "structured_outputs":
+                body["structured_outputs"] = {"json": schema}
+            elif self.spec.structured_output == "guided_json":
                 body["guided_json"] = schema
             else:
                 body["response_format"] = {"type": "json_schema", "json_schema": {

@@ -371,12 +371,13 @@ def test_two_stage_reuses_a_cached_first_stage(start_sim, open_backend):
 def test_a_response_schema_is_sent_as_response_format(start_sim, open_backend):
     sim = start_sim(*FAST)  # answers JSON only when the body carries response_format
     out = open_backend(sim).complete(make_requests(2, schema=SCHEMA) + make_requests(1, start=2))
-    assert [json.loads(c.text) for c in out[:2]] == [{"rationale": "The numbers add up to 42.", "label": "42"}] * 2
+    assert [json.loads(c.text) for c in out[:2]] == [{"rationale": "Adding the numbers step by step gives 42.", "label": "42"}] * 2
     assert out[2].text == GENERIC
-    # vLLM's guided_json instead: the simulator does not read it, so the answer is plain text
-    guided = open_backend(sim, cache="guided", structured_output="guided_json").complete(make_requests(1, schema=SCHEMA))
-    assert guided[0].text == GENERIC
-    assert sim.stats()["statuses"] == {"200": 4}
+    # vLLM's parameters instead (the simulator honours them as vLLM does); the generic answer without one
+    for i, mode in enumerate(("structured_outputs", "guided_json")):
+        guided = open_backend(sim, cache=mode, structured_output=mode).complete(make_requests(1, schema=SCHEMA))
+        assert json.loads(guided[0].text) == {"rationale": "Adding the numbers step by step gives 42.", "label": "42"}
+    assert sim.stats()["statuses"] == {"200": 5}
 
 
 # ── (i) cost cap ────────────────────────────────────────────────────────────────────────────────────────────────

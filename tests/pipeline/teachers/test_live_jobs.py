@@ -253,3 +253,27 @@ def test_renaming_a_job_or_changing_its_filters_sends_nothing(start_sim, tmp_pat
                            "GROUP BY job_id")
     assert {(r["keys"], r["n"]) for r in per_job} == {(20, 20)}
     assert len(rows(corpus, "SELECT DISTINCT request_key FROM records")) == 20  # the same twenty completions
+
+
+# ── the fault run of the issue: 10 % 5xx, 5 % stalls, 5 % malformed, 5 % truncated ─────────────────────────────
+
+
+def test_a_fault_run_finishes_with_every_example_accounted_for_and_nothing_paid_twice(start_sim, tmp_path):
+    n = 100
+    job = make_job(tmp_path / "job", n, sampling={"n": 2},
+                   teacher={"timeout_s": 0.6, "max_attempts": 10, "max_concurrency": 16})
+    sim = sim_for(start_sim, tmp_path / "job", "--latency", "0.05", "--wrong-rate", "0.1", "--stall", "3",
+                  "--faults", "error_500=0.05,error_503=0.05,stall=0.05,malformed=0.05,truncated=0.05")
+    ok(run_job(job, tmp_path / "corpus", sim, timeout=120))
+    per_example = rows(tmp_path / "corpus", """
+        SELECT example_id, count(*) AS records, sum(accepted::int) AS accepted,
+               count(*) FILTER (WHERE NOT accepted AND reject_reason IS NULL) AS rejected_without_reason
+        FROM records GROUP BY 1""")
+    assert len(per_example) == n and all(r["records"] == 2 for r in per_example)
+    assert all(r["rejected_without_reason"] == 0 for r in per_example)
+    reasons = {r["reject_reason"] for r in rows(tmp_path / "corpus", "SELECT DISTINCT reject_reason FROM records")}
+    assert "truncated" in reasons  # truncated completions are stored as rejects, not retried or dropped
+    stats = sim.stats()
+    assert stats["completed_more_than_once"] == 0
+    assert stats["distinct_completed"] == 2 * n  # every sample was completed, each exactly once
+    assert {"500", "503", "malformed"} <= set(stats["statuses"])  # the faults really happened
