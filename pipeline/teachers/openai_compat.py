@@ -52,7 +52,7 @@ _MAX_N = 128
 
 @dataclass
 class EngineStats:
-    """Counters a job reports: what was sent, served from cache, retried, and what it cost."""
+    """Counters a job reports: what was sent, served from cache, retried, rate-limited and failed."""
 
     sent: int = 0            # HTTP requests that got a response (any status)
     cache_hits: int = 0      # samples served from the request cache
@@ -60,7 +60,6 @@ class EngineStats:
     retries: int = 0
     rate_limited: int = 0    # 429s received
     failed: int = 0          # samples that ended as teacher_error
-    cost_usd: float = 0.0
 
 
 class CostMeter:
@@ -202,8 +201,6 @@ class OpenAIBackend:
         return c
 
     def _emit(self, c: Completion, cached: bool) -> None:
-        if c.cost_usd:
-            self.stats.cost_usd += c.cost_usd
         if self.events:
             self.events(c, cached)
 

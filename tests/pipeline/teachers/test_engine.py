@@ -398,7 +398,6 @@ def test_the_budget_stops_dispatch_and_a_higher_cap_finishes_without_paying_twic
     assert capped.cache.count() == 3  # the requests in flight finished and were kept
     assert capped.stats.completed == 3
     assert 0 < capped.meter.spent <= budget
-    assert capped.stats.cost_usd == pytest.approx(capped.meter.spent)
 
     more = open_backend(sim, cost=CostSpec(**price, budget_usd=100.0))
     out = more.complete(reqs)
