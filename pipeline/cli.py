@@ -1,7 +1,8 @@
 """`stepwise` command line: run | import | query | export.
 
 Exit codes: 0 done; 1 the job or command failed (message on stderr); 2 bad usage or an invalid job file
-(the message names the field, and nothing is written); 3 the job's cost budget stopped it (resumable).
+(the message names the field, and nothing is written); 3 the job's cost budget stopped it, 4 it was
+cancelled (both resumable by running it again).
 """
 
 from __future__ import annotations
@@ -76,13 +77,12 @@ class _Bar:
         self.cost += completion.cost_usd or 0.0
         self._refresh(advance=1)
 
-    def shard_done(self, records, skipped: bool) -> None:
-        acc = sum(1 for r in records if r.accepted)
-        self.accepted += acc
-        self.rejected += len(records) - acc
+    def shard_done(self, result) -> None:
+        self.accepted += result.accepted
+        self.rejected += result.records - result.accepted
         if not self.live:
-            self.tokens += sum((r.tokens_in or 0) + (r.tokens_out or 0) for r in records)
-            self.cost += sum(r.cost_usd or 0.0 for r in records)
+            self.tokens += result.tokens
+            self.cost += result.cost_usd
         self._refresh(advance=0 if self.live else 1)
 
 
@@ -115,13 +115,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.runner import run_job
     from pipeline.spec import load_job
 
-    spec = load_job(args.job, overrides=args.set)  # validated before anything is written
+    overrides = list(args.set)
+    if args.executor:
+        overrides.append(f"executor.kind={args.executor}")
+    if args.workers:
+        overrides.append(f"executor.workers={args.workers}")
+    if args.ray_address:
+        overrides += ["executor.kind=ray", f"executor.address={args.ray_address}"]
+    spec = load_job(args.job, overrides=overrides)  # validated before anything is written
     with _Bar(f"{spec.job_id}", args.quiet) as bar:
         summary = run_job(spec, args.corpus, overwrite=args.overwrite, progress=bar)
     print_summary(summary, Path(args.corpus))
     if summary.status == "budget_exhausted":
         err.print(f"stopped: {summary.message}", markup=False, highlight=False)
         return 3
+    if summary.status == "cancelled":
+        err.print(f"stopped: {summary.message}", markup=False, highlight=False)
+        return 4
     return 0
 
 
@@ -163,6 +173,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.demo import main as demo
 
     return demo(args.corpus, args.out, quiet=args.quiet)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from storage.jobs import JobRegistry
+
+    registry = JobRegistry(Path(args.corpus))
+    state = registry.get(args.job)
+    if state is None:
+        raise StepwiseError(f"no job {args.job!r} in {args.corpus}")
+    if state.status != "running":
+        err.print(f"job {args.job} is {state.status}; nothing to cancel")
+        return 0
+    registry.request_cancel(args.job)
+    err.print(f"asked job {args.job} to stop; its workers stop within a second or so, finished shards are kept "
+              f"(run the job again to resume)")
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -223,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--corpus", default="corpus", help="corpus root folder (default ./corpus)")
     run.add_argument("--overwrite", action="store_true", help="replace the records of a job with the same id")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--executor", choices=("local", "ray"), help="where shards run (default: the job file's)")
+    run.add_argument("--workers", type=int, help="Ray worker actors")
+    run.add_argument("--ray-address", help="join this Ray cluster (also $RAY_ADDRESS); implies --executor ray")
     run.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                      help="override a job-file field, e.g. --set teacher.base_url=http://127.0.0.1:8000/v1 "
                           "(repeatable; VALUE is read as YAML)")
@@ -258,6 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--split", help="train,valid,test fractions, e.g. 0.8,0.1,0.1")
     ex.add_argument("--seed", type=int, default=0)
     ex.set_defaults(func=cmd_export)
+    cancel = sub.add_parser("cancel", help="stop a running job (finished shards are kept; run it again to resume)")
+    cancel.add_argument("job")
+    cancel.add_argument("--corpus", default="corpus")
+    cancel.set_defaults(func=cmd_cancel)
+
     demo = sub.add_parser("demo", help="start the simulator, run the live demo job, query and export it")
     demo.add_argument("--corpus", default="corpus")
     demo.add_argument("--out", default="exports")

@@ -7,10 +7,9 @@ shard without one and never writes a record twice.
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import shutil
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -21,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.datasets import read_examples
-from pipeline.errors import BudgetExhaustedError, JobConflictError, StepwiseError
+from pipeline.errors import JobConflictError, StepwiseError
 from pipeline.parsing import parse_completion
 from pipeline.spec import JobSpec
 from pipeline.tasks import Task, build_task
@@ -80,12 +79,30 @@ class JobSummary:
     message: str | None = None
 
 
+@dataclass(frozen=True)
+class ShardResult:
+    """What a finished shard reports back (counts only: records stay where they were written)."""
+
+    index: int
+    records: int = 0
+    accepted: int = 0
+    tokens: int = 0
+    cost_usd: float = 0.0
+    skipped: bool = False
+
+    @classmethod
+    def of(cls, index: int, records: Sequence[RationaleRecord]) -> ShardResult:
+        return cls(index, len(records), sum(1 for r in records if r.accepted),
+                   sum((r.tokens_in or 0) + (r.tokens_out or 0) for r in records),
+                   sum(r.cost_usd or 0.0 for r in records))
+
+
 class Progress(Protocol):
-    """What a progress display is told. Live backends report each completion; every backend each shard."""
+    """What a progress display is told. Live local backends report each completion; every run each shard."""
 
     def start(self, total_requests: int, total_shards: int, live: bool) -> None: ...
     def completion(self, completion: Completion, cached: bool) -> None: ...
-    def shard_done(self, records: list[RationaleRecord], skipped: bool) -> None: ...
+    def shard_done(self, result: ShardResult) -> None: ...
 
 
 def shard_path(root: Path, job_id: str, shard: int) -> Path:
@@ -212,7 +229,16 @@ def summarize(root: Path, job_id: str) -> JobSummary:
     return summary
 
 
-LOOKAHEAD = 2  # shards in flight at once: the next shard's requests queue while the last ones finish
+def write_shard(ctx: JobContext, root: Path, index: int, items: Sequence[Item]) -> ShardResult:
+    """Run one shard and write its part file atomically; what Ray workers call. A shard whose part file
+    exists already is skipped, so a retried or duplicated task never writes a record twice."""
+    path = shard_path(root, ctx.job_id, index)
+    if path.exists():
+        return ShardResult(index, skipped=True)
+    records = run_shard(ctx, items)
+    if records:
+        write_records(records, path)
+    return ShardResult.of(index, records)
 
 
 def run_job(spec: JobSpec, root: str | Path, *, items: Sequence[Item] | None = None,
@@ -221,8 +247,11 @@ def run_job(spec: JobSpec, root: str | Path, *, items: Sequence[Item] | None = N
     """Run (or resume) a job to the end and return its summary.
 
     Status at the end: `completed`; `budget_exhausted` when the cost cap stopped it (finished shards and
-    every paid completion are kept: run again with a higher cap); `failed` / `cancelled` re-raise.
+    every paid completion are kept: run again with a higher cap); `cancelled` when `stepwise cancel` asked;
+    `failed` re-raises the error.
     """
+    from pipeline.executors import get_executor
+
     root = Path(root)
     job_id = spec.job_id
     assert job_id, "parse_job gives every spec a job id"
@@ -236,69 +265,44 @@ def run_job(spec: JobSpec, root: str | Path, *, items: Sequence[Item] | None = N
         shutil.rmtree(root / "records" / job_id, ignore_errors=True)
         previous = None
     items = load_items(spec) if items is None else items
+    executor = get_executor(spec.executor)
     owns_backend = backend is None
     ctx, items = prepare_context(spec, items, backend=backend, prompt=prompt, corpus=root)
     try:
-        return _run(ctx, items, root, registry, previous, fingerprint, progress)
+        shards = [items[i:i + spec.shard_size] for i in range(0, len(items), spec.shard_size)] or [[]]
+        now = datetime.now(UTC)
+        state = registry.save(JobState(
+            job_id=job_id, status="running", fingerprint=fingerprint, spec_json=spec.model_dump_json(),
+            task=ctx.task.kind, prompt_id=ctx.prompt.id, prompt_hash=ctx.prompt.hash,
+            teacher_backend=ctx.backend.backend, teacher_model=ctx.backend.model, n_shards=len(shards),
+            n_examples=len(items), created_at=previous.created_at if previous else now, updated_at=now,
+        ))
+        registry.clear_cancel(job_id)
+        remove_stale_temp_files(root / "records" / job_id)
+        todo = [i for i in range(len(shards)) if not shard_path(root, job_id, i).exists()]
+        if progress:
+            n_requests = sum(1 for i in todo for it in shards[i] if isinstance(it, Example)) * spec.sampling.n
+            per_request = ctx.backend.backend != "replay" and spec.executor.kind == "local"
+            progress.start(n_requests, len(shards), per_request)
+            for i in sorted(set(range(len(shards))) - set(todo)):
+                progress.shard_done(ShardResult(i, skipped=True))
+            if per_request:
+                ctx.backend.events = progress.completion
+        try:
+            status, message, teacher = executor.run(ctx, shards, todo, root, progress,
+                                                    lambda: registry.cancel_requested(job_id))
+        except BaseException as exc:
+            status = "cancelled" if isinstance(exc, KeyboardInterrupt) else "failed"
+            registry.save(replace(state, status=status, error=f"{type(exc).__name__}: {exc}"[:2000]))
+            raise
     finally:
         if owns_backend:
             ctx.backend.close()
-
-
-def _run(ctx: JobContext, items: list[Item], root: Path, registry: JobRegistry, previous: JobState | None,
-         fingerprint: str, progress: Progress | None) -> JobSummary:
-    spec, job_id = ctx.spec, ctx.job_id
-    size = spec.shard_size
-    shards = [items[i:i + size] for i in range(0, len(items), size)] or [[]]
-    now = datetime.now(UTC)
-    state = registry.save(JobState(
-        job_id=job_id, status="running", fingerprint=fingerprint, spec_json=spec.model_dump_json(),
-        task=ctx.task.kind, prompt_id=ctx.prompt.id, prompt_hash=ctx.prompt.hash,
-        teacher_backend=ctx.backend.backend, teacher_model=ctx.backend.model, n_shards=len(shards),
-        n_examples=len(items), created_at=previous.created_at if previous else now, updated_at=now,
-    ))
-    remove_stale_temp_files(root / "records" / job_id)
-    todo = [i for i in range(len(shards)) if not shard_path(root, job_id, i).exists()]
-    if progress:
-        n_requests = sum(1 for i in todo for it in shards[i] if isinstance(it, Example)) * spec.sampling.n
-        progress.start(n_requests, len(shards), ctx.backend.backend != "replay")
-        for _ in range(len(shards) - len(todo)):
-            progress.shard_done([], True)
-        ctx.backend.events = progress.completion
-    status, message = "completed", None
-    pending: deque[tuple[int, ShardPlan, concurrent.futures.Future]] = deque()
-    try:
-        for index in todo:
-            plan = plan_shard(ctx, shards[index])
-            pending.append((index, plan, ctx.backend.submit(plan.requests)))
-            while len(pending) >= LOOKAHEAD or (pending and index == todo[-1]):
-                done_index, done_plan, future = pending.popleft()
-                records = finish_shard(ctx, done_plan, future.result())
-                if records:
-                    write_records(records, shard_path(root, job_id, done_index))
-                if progress:
-                    progress.shard_done(records, False)
-    except BudgetExhaustedError as exc:
-        status, message = "budget_exhausted", str(exc)
-        for _, _, future in pending:  # requests already in flight finish and are cached: they are paid for
-            try:
-                future.result()
-            except BudgetExhaustedError:
-                pass
-    except BaseException as exc:
-        for _, _, future in pending:
-            future.cancel()
-        status = "cancelled" if isinstance(exc, KeyboardInterrupt) else "failed"
-        registry.save(replace(state, status=status, error=f"{type(exc).__name__}: {exc}"[:2000]))
-        raise
+    registry.clear_cancel(job_id)
     summary = summarize(root, job_id)
-    summary.status, summary.message = status, message
+    summary.status, summary.message, summary.teacher = status, message, teacher
     summary.shards_run = sum(1 for i in todo if shard_path(root, job_id, i).exists())
     summary.shards_skipped = len(shards) - len(todo)
-    stats = getattr(ctx.backend, "stats", None)
-    if stats is not None:
-        summary.teacher = {k: getattr(stats, k) for k in ("sent", "cache_hits", "completed", "retries",
-                                                            "rate_limited", "failed")}
     done = sum(1 for i in range(len(shards)) if shard_path(root, job_id, i).exists())
     registry.save(replace(
         state, status=status, shards_done=done, n_records=summary.n_records, n_accepted=summary.n_accepted,

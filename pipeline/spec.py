@@ -178,6 +178,17 @@ class CostSpec(_Strict):
         return ((tokens_in or 0) * self.input_per_mtok + (tokens_out or 0) * self.output_per_mtok) / 1e6
 
 
+class ExecutorSpec(_Strict):
+    """Where shards run: in this process (`local`), or on Ray (`ray`: a local instance by default, or the
+    cluster at `address` / $RAY_ADDRESS). How a job runs never changes what it produces."""
+
+    kind: Literal["local", "ray"] = "local"
+    workers: int = Field(2, ge=1, le=4096, description="Ray worker actors (each runs whole shards)")
+    address: str | None = Field(None, description="Ray cluster address; default $RAY_ADDRESS, else a local "
+                                                   "instance started for the job")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs each worker actor reserves")
+
+
 class JobSpec(_Strict):
     """A rationale-generation job."""
 
@@ -189,6 +200,7 @@ class JobSpec(_Strict):
     sampling: SamplingSpec = SamplingSpec()
     filters: FilterSpec = FilterSpec()
     cost: CostSpec | None = None
+    executor: ExecutorSpec = ExecutorSpec()
     shard_size: int = Field(1000, ge=1, le=1_000_000, description="examples per shard (the unit of resume)")
 
     @field_validator("job_id")
@@ -209,9 +221,9 @@ class JobSpec(_Strict):
         return {"id": v} if isinstance(v, str) else v
 
     def fingerprint(self) -> str:
-        """Hash of what determines the records; the job id, prices, budget and how we reach the teacher
-        (URL, key name, concurrency, rate budgets, timeouts) may change between runs of one job."""
-        data = self.model_dump(exclude={"job_id", "cost"}, mode="json")
+        """Hash of what determines the records; the job id, prices, budget, the executor and how we reach
+        the teacher (URL, key name, concurrency, rate budgets, timeouts) may change between runs of one job."""
+        data = self.model_dump(exclude={"job_id", "cost", "executor"}, mode="json")
         for name in OPERATIONAL_TEACHER_FIELDS:
             data["teacher"].pop(name, None)
         blob = json.dumps(data, sort_keys=True)

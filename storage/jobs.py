@@ -62,6 +62,20 @@ class JobRegistry:
     def path(self, job_id: str) -> Path:
         return self.folder / f"{check_job_id(job_id)}.parquet"
 
+    def cancel_path(self, job_id: str) -> Path:
+        return self.folder / f"{check_job_id(job_id)}.cancel"
+
+    def request_cancel(self, job_id: str) -> None:
+        """Ask a running job to stop (its executor polls for this marker every half second)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.cancel_path(job_id).touch()
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return self.cancel_path(job_id).exists()
+
+    def clear_cancel(self, job_id: str) -> None:
+        self.cancel_path(job_id).unlink(missing_ok=True)
+
     def get(self, job_id: str) -> JobState | None:
         path = self.path(job_id)
         if not path.is_file():

@@ -8,7 +8,7 @@ from pipeline.errors import TeacherError
 from pipeline.teachers.base import TeacherBackend
 
 
-def build_backend(spec, *, corpus: str | Path | None = None, cost=None) -> TeacherBackend:
+def build_backend(spec, *, corpus: str | Path | None = None, cost=None, rate=None, meter=None) -> TeacherBackend:
     """The backend a job's `teacher` block asks for. Live backends cache completions under the corpus."""
     if spec.backend == "replay":
         from pipeline.teachers.replay import ReplayBackend
@@ -19,7 +19,7 @@ def build_backend(spec, *, corpus: str | Path | None = None, cost=None) -> Teach
         from pipeline.teachers.openai_compat import OpenAIBackend
 
         cache = RequestCache.for_corpus(corpus) if corpus is not None else None
-        return OpenAIBackend(spec, cache=cache, cost=cost)
+        return OpenAIBackend(spec, cache=cache, cost=cost, rate=rate, meter=meter)
     raise TeacherError(f"unknown teacher backend {spec.backend!r}")
 
 

@@ -63,7 +63,10 @@ class EngineStats:
 
 
 class CostMeter:
-    """Spend so far plus reservations for requests in flight; refuses to start what could pass the cap."""
+    """Spend so far plus reservations for requests in flight; refuses to start what could pass the cap.
+
+    Async so that one meter can live in another process for a whole job (the Ray executor's shared budget).
+    """
 
     def __init__(self, price: CostSpec | None):
         self.price = price
@@ -71,17 +74,27 @@ class CostMeter:
         self.spent = 0.0
         self.reserved = 0.0
 
-    def reserve(self, tokens_in: int, tokens_out_max: int) -> float:
+    def try_reserve(self, tokens_in: int, tokens_out_max: int) -> float | None:
+        """The reserved worst-case cost, or None when it would pass the cap."""
         if self.price is None:
             return 0.0
         worst = self.price.cost(tokens_in, tokens_out_max) or 0.0
         if self.cap is not None and self.spent + self.reserved + worst > self.cap:
-            raise BudgetExhaustedError(f"budget of ${self.cap:.4f} reached (spent ${self.spent:.4f}); "
-                                       f"run again with a higher cost.budget_usd to continue")
+            return None
         self.reserved += worst
         return worst
 
-    def settle(self, reserved: float, actual: float | None) -> None:
+    def exhausted_message(self) -> str:
+        return (f"budget of ${self.cap:.4f} reached (spent ${self.spent:.4f}); "
+                f"run again with a higher cost.budget_usd to continue")
+
+    async def reserve(self, tokens_in: int, tokens_out_max: int) -> float:
+        reserved = self.try_reserve(tokens_in, tokens_out_max)
+        if reserved is None:
+            raise BudgetExhaustedError(self.exhausted_message())
+        return reserved
+
+    async def settle(self, reserved: float, actual: float | None) -> None:
         self.reserved -= reserved
         self.spent += actual or 0.0
 
@@ -101,11 +114,16 @@ class OpenAIBackend:
 
     backend = "openai"
 
-    def __init__(self, spec: OpenAITeacherSpec, cache: RequestCache | None = None, cost: CostSpec | None = None):
+    def __init__(self, spec: OpenAITeacherSpec, cache: RequestCache | None = None, cost: CostSpec | None = None,
+                 *, rate=None, meter=None):
+        """`rate` and `meter` replace this process's RPM/TPM budget and cost meter with shared ones (objects
+        with the same async methods), so that several workers of one job share one budget."""
         self.spec = spec
         self.model = spec.model
         self.cache = cache
-        self.meter = CostMeter(cost)
+        self.price = cost
+        self.meter = meter if meter is not None else CostMeter(cost)
+        self._shared_rate = rate
         self.stats = EngineStats()
         self.events: EventFn | None = None
         self._api_key = read_api_key(spec)
@@ -144,7 +162,7 @@ class OpenAIBackend:
         if self._transport is None:
             s = self.spec
             self._transport = build_transport(s.transport, s.base_url, self._api_key, s.timeout_s, s.max_concurrency)
-            self._rate = RateBudget(s.rpm, s.tpm)
+            self._rate = self._shared_rate if self._shared_rate is not None else RateBudget(s.rpm, s.tpm)
             self._slots = AdaptiveConcurrency(s.max_concurrency)
 
     async def _complete(self, requests: list[TeacherRequest]) -> list[Completion]:
@@ -156,7 +174,7 @@ class OpenAIBackend:
         first_seen: set[str] = set()
         for req, key in zip(requests, keys, strict=True):
             if key in cached:
-                results[key] = self._from_cache(cached[key], req)
+                results[key] = await self._from_cache(cached[key], req)
             elif key not in first_seen:  # identical requests (two examples, one prompt) are sent once
                 first_seen.add(key)
                 # the samples of one example share one messages tuple (built once per example)
@@ -192,11 +210,12 @@ class OpenAIBackend:
             out.append(c)
         return out
 
-    def _from_cache(self, c: Completion, req: TeacherRequest) -> Completion:
+    async def _from_cache(self, c: Completion, req: TeacherRequest) -> Completion:
         c = replace(c, example_id=req.example_id, sample_idx=req.sample_idx, latency_s=0.0,
-                    cost_usd=self.meter.price.cost(c.tokens_in, c.tokens_out) if self.meter.price else None)
+                    cost_usd=self.price.cost(c.tokens_in, c.tokens_out) if self.price else None)
         self.stats.cache_hits += 1
-        self.meter.settle(0.0, c.cost_usd)  # paid once already: it counts towards this job's spend
+        if c.cost_usd:
+            await self.meter.settle(0.0, c.cost_usd)  # paid once already: it counts towards this job's spend
         self._emit(c, True)
         return c
 
@@ -256,7 +275,7 @@ class OpenAIBackend:
         for i, ((req, key), (text, finish)) in enumerate(zip(members, texts, strict=True)):
             tin = None if resp.tokens_in is None else resp.tokens_in // n + (resp.tokens_in % n if i == 0 else 0)
             tout = round(total_out * est[i] / max(1, sum(est)))
-            cost = self.meter.price.cost(tin, tout) if self.meter.price else None
+            cost = self.price.cost(tin, tout) if self.price else None
             c = Completion(key, req.example_id, req.sample_idx, text, finish or "stop", tin, tout, latency,
                            resp.model or self.model, None if text is not None else "the teacher returned no text",
                            cost)
@@ -285,7 +304,7 @@ class OpenAIBackend:
         tout = (stage1.tokens_out or 0) + (stage2.tokens_out or 0)
         combined = Completion(key, req.example_id, req.sample_idx, text, stage2.finish_reason, tin, tout,
                               (stage1.latency_s or 0) + (stage2.latency_s or 0), stage2.model, None,
-                              (stage1.cost_usd or 0) + (stage2.cost_usd or 0) if self.meter.price else None)
+                              (stage1.cost_usd or 0) + (stage2.cost_usd or 0) if self.price else None)
         if self.cache is not None:
             self.cache.put(combined)
         return [combined]
@@ -294,7 +313,7 @@ class OpenAIBackend:
         key = req.cache_key()
         hit = self.cache.get_many([key]).get(key) if self.cache is not None else None
         if hit is not None:
-            return [self._from_cache(hit, req)]
+            return [await self._from_cache(hit, req)]
         return await self._call([(req, key)])
 
     async def _send_with_retries(self, body: dict[str, Any], headers: dict[str, str]) -> tuple[ChatResponse, float]:
@@ -330,7 +349,7 @@ class OpenAIBackend:
             if self._fatal is not None:  # the job stopped while this request waited for its turn
                 raise self._fatal
             try:
-                reserved = self.meter.reserve(tokens - out_max, out_max)  # only what is about to be in flight
+                reserved = await self.meter.reserve(tokens - out_max, out_max)  # only what is about to fly
             except BudgetExhaustedError as exc:
                 self._fatal = exc
                 raise
@@ -356,12 +375,12 @@ class OpenAIBackend:
             outcome = "ok"
             latency = time.monotonic() - started
             self._respect_headers(resp.headers)
-            if self.meter.price:
-                actual = self.meter.price.cost(resp.tokens_in, resp.tokens_out)
+            if self.price:
+                actual = self.price.cost(resp.tokens_in, resp.tokens_out)
             return resp, latency
         finally:
             self._slots.release(outcome)
-            self.meter.settle(reserved, actual)
+            await self.meter.settle(reserved, actual)
 
     def _respect_headers(self, headers: dict[str, str]) -> None:
         """When the server says a budget is used up, hold every sender until its reset."""

@@ -1,0 +1,199 @@
+"""The Ray executor: shards run in worker actors, on a local Ray instance or an existing cluster.
+
+- `ray.init()` starts a local instance by default (nothing to set up); `executor.address`, `--ray-address`
+  or `RAY_ADDRESS` joins a cluster.
+- Each `ShardWorker` actor builds the job context once (task, prompt, teacher backend) and runs whole
+  shards with the same `write_shard` the local path uses: part files are written by the worker, atomically;
+  only counts come back, so the driver does no per-record work.
+- One `JobBudget` actor holds the job's RPM / TPM budget and cost cap for all workers: limits are shared,
+  never copied per worker.
+- A worker that dies is restarted by Ray and its shard is retried; a shard whose part file exists is skipped,
+  so nothing is written twice, and the request cache means nothing is paid twice.
+- Cancel (`stepwise cancel`) stops all workers within a second or so; finished shards stay.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from pipeline.errors import BudgetExhaustedError, StepwiseError, TeacherAuthError
+from pipeline.executors import POLL_S, CancelCheck, Outcome
+from pipeline.runner import Item, JobContext, Progress, ShardResult, write_shard
+from pipeline.spec import CostSpec, ExecutorSpec, JobSpec
+
+IN_FLIGHT_PER_WORKER = 2  # two shards per worker: one finishing while the next one's requests go out
+
+
+@ray.remote
+class JobBudget:
+    """The job's one RPM / TPM budget and cost meter, shared by every worker (an async actor)."""
+
+    def __init__(self, rpm: int | None, tpm: int | None, cost: dict | None):
+        from pipeline.teachers.limits import RateBudget
+        from pipeline.teachers.openai_compat import CostMeter
+
+        self.rate = RateBudget(rpm, tpm)
+        self.meter = CostMeter(CostSpec(**cost) if cost else None)
+
+    async def acquire(self, tokens: int) -> None:
+        await self.rate.acquire(tokens)
+
+    async def pause(self, seconds: float) -> None:
+        self.rate.pause(seconds)
+
+    async def reserve(self, tokens_in: int, tokens_out_max: int) -> float | None:
+        return self.meter.try_reserve(tokens_in, tokens_out_max)
+
+    async def settle(self, reserved: float, actual: float | None) -> None:
+        await self.meter.settle(reserved, actual)
+
+    async def exhausted_message(self) -> str:
+        return self.meter.exhausted_message()
+
+    async def spent(self) -> float:
+        return self.meter.spent
+
+
+class SharedBudget:
+    """Worker-side view of the JobBudget actor, with the engine's rate and meter methods."""
+
+    def __init__(self, actor):
+        self.actor = actor
+
+    async def acquire(self, tokens: int) -> None:
+        await self.actor.acquire.remote(tokens)
+
+    def pause(self, seconds: float) -> None:
+        self.actor.pause.remote(seconds)  # fire and forget: every worker's next acquire waits
+
+    async def reserve(self, tokens_in: int, tokens_out_max: int) -> float:
+        reserved = await self.actor.reserve.remote(tokens_in, tokens_out_max)
+        if reserved is None:
+            raise BudgetExhaustedError(await self.actor.exhausted_message.remote())
+        return reserved
+
+    async def settle(self, reserved: float, actual: float | None) -> None:
+        if reserved or actual:
+            await self.actor.settle.remote(reserved, actual)
+
+
+@ray.remote(max_restarts=3, max_task_retries=3)
+class ShardWorker:
+    """Builds the job context once and runs whole shards (threaded: IN_FLIGHT_PER_WORKER at a time)."""
+
+    def __init__(self, spec_json: str, task_kind: str, prompt, backend, root: str, budget):
+        from pipeline.runner import prepare_context
+
+        spec = JobSpec.model_validate_json(spec_json)
+        spec = spec.model_copy(update={"task": spec.task.model_copy(update={"kind": task_kind})})
+        if backend is None:
+            from pipeline.teachers import build_backend
+
+            shared = SharedBudget(budget) if budget is not None else None
+            backend = build_backend(spec.teacher, corpus=root, cost=spec.cost, rate=shared, meter=shared)
+        self.root = Path(root)
+        self.ctx, _ = prepare_context(spec, [], backend=backend, prompt=prompt, corpus=self.root)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def run(self, index: int, items: Sequence[Item]) -> ShardResult:
+        return write_shard(self.ctx, self.root, index, items)
+
+    def teacher_counters(self) -> dict[str, float]:
+        from pipeline.executors import teacher_counters
+
+        return teacher_counters(self.ctx.backend)
+
+
+def ensure_ray(spec: ExecutorSpec) -> None:
+    if ray.is_initialized():
+        return
+    address = spec.address or os.environ.get("RAY_ADDRESS") or None
+    kwargs: dict[str, Any] = {"address": address, "log_to_driver": False, "configure_logging": False}
+    if address is None:  # a local instance for this job: sized to the workers, without the dashboard
+        kwargs.update(num_cpus=max(os.cpu_count() or 1, int(spec.workers * spec.num_cpus) + 1),
+                      include_dashboard=False)
+    # workers import our packages from the same source tree as the driver
+    kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(
+        p for p in (str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")) if p)}}
+    ray.init(**kwargs)
+
+
+class RayExecutor:
+    """Runs shards on Ray worker actors; see the module docstring."""
+
+    def __init__(self, spec: ExecutorSpec):
+        self.spec = spec
+
+    def run(self, ctx: JobContext, shards: Sequence[Sequence[Item]], todo: list[int], root: Path,
+            progress: Progress | None, cancelled: CancelCheck) -> Outcome:
+        ensure_ray(self.spec)
+        job = ctx.spec
+        budget = None
+        live = ctx.backend.backend != "replay"
+        if live and (getattr(job.teacher, "rpm", None) or getattr(job.teacher, "tpm", None)
+                     or (job.cost and job.cost.budget_usd)):
+            budget = JobBudget.remote(job.teacher.rpm, job.teacher.tpm,
+                                      job.cost.model_dump() if job.cost else None)
+        backend = None if live else ctx.backend  # recorded teachers travel; live ones are built per worker
+        n_workers = max(1, min(self.spec.workers, len(todo)))
+        workers = [ShardWorker.options(num_cpus=self.spec.num_cpus, max_concurrency=IN_FLIGHT_PER_WORKER)
+                   .remote(job.model_dump_json(), ctx.task.kind, ctx.prompt, backend, str(root), budget)
+                   for _ in range(n_workers)]
+        queue = list(reversed(todo))
+        in_flight: dict[Any, tuple[int, int]] = {}  # ref -> (shard index, worker)
+        load = [0] * n_workers
+        status, message = "completed", None
+        try:
+            while queue or in_flight:
+                while queue and min(load) < IN_FLIGHT_PER_WORKER and status == "completed":
+                    w = load.index(min(load))
+                    index = queue.pop()
+                    in_flight[workers[w].run.remote(index, shards[index])] = (index, w)
+                    load[w] += 1
+                if not in_flight:
+                    break
+                done, _ = ray.wait(list(in_flight), num_returns=1, timeout=POLL_S)
+                if cancelled():
+                    for ref in in_flight:
+                        ray.cancel(ref, force=True)
+                    return "cancelled", "cancelled on request; finished shards are kept", {}
+                for ref in done:
+                    index, w = in_flight.pop(ref)
+                    load[w] -= 1
+                    try:
+                        result = ray.get(ref)
+                    except ray.exceptions.RayTaskError as exc:
+                        cause = exc.cause if hasattr(exc, "cause") else None
+                        if isinstance(cause, BudgetExhaustedError):
+                            status, message = "budget_exhausted", str(cause)
+                            queue.clear()  # let shards in flight finish: their requests are paid for
+                            continue
+                        if isinstance(cause, StepwiseError | TeacherAuthError):
+                            raise cause from None
+                        raise
+                    except ray.exceptions.RayActorError:
+                        queue.append(index)  # the worker died for good: another one takes the shard
+                        continue
+                    if progress:
+                        progress.shard_done(result)
+            counters: dict[str, float] = {}
+            for c in ray.get([w.teacher_counters.remote() for w in workers]):
+                for k, v in c.items():
+                    counters[k] = counters.get(k, 0) + v
+            return status, message, counters
+        finally:
+            for ref in in_flight:
+                ray.cancel(ref, force=True)
+            for w in workers:
+                ray.kill(w)
+            if budget is not None:
+                ray.kill(budget)
+            time.sleep(0)  # let Ray process the kills before the driver moves on
