@@ -374,7 +374,7 @@ def test_a_response_schema_is_sent_as_response_format(start_sim, open_backend):
     assert [json.loads(c.text) for c in out[:2]] == [{"rationale": "Adding the numbers step by step gives 42.", "label": "42"}] * 2
     assert out[2].text == GENERIC
     # vLLM's parameters instead (the simulator honours them as vLLM does); the generic answer without one
-    for i, mode in enumerate(("structured_outputs", "guided_json")):
+    for mode in ("structured_outputs", "guided_json"):
         guided = open_backend(sim, cache=mode, structured_output=mode).complete(make_requests(1, schema=SCHEMA))
         assert json.loads(guided[0].text) == {"rationale": "Adding the numbers step by step gives 42.", "label": "42"}
     assert sim.stats()["statuses"] == {"200": 5}
