@@ -217,7 +217,9 @@ def cmd_sim(args: argparse.Namespace) -> int:
                        capacity=args.capacity, rpm=args.rpm, tpm=args.tpm, window_s=args.window,
                        faults=parse_faults(args.faults),
                        stall_s=args.stall, api_key=api_key, supports_n=not args.no_n, answers=args.answers,
-                       dataset=args.dataset, wrong_rate=args.wrong_rate, seed=args.seed)
+                       dataset=args.dataset, wrong_rate=args.wrong_rate, seed=args.seed,
+                       batch_delay_s=args.batch_delay, batch_fail_rate=args.batch_fail_rate,
+                       batch_expire=args.batch_expire)
 
     def ready(port: int) -> None:
         if args.port_file:
@@ -318,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--dataset", help="labeled JSONL {id, question, answer} for task-aware answers")
     sim.add_argument("--wrong-rate", type=float, default=0.1, help="share of task-aware answers that are wrong")
     sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--batch-delay", type=float, default=2.0, help="seconds until a batch (/v1/batches) completes")
+    sim.add_argument("--batch-fail-rate", type=float, default=0.0, help="share of batch lines that fail")
+    sim.add_argument("--batch-expire", action="store_true", help="the first batch expires with no output")
     sim.set_defaults(func=cmd_sim)
     return p
 

@@ -142,9 +142,12 @@ class RayExecutor:
                      or (job.cost and job.cost.budget_usd)):
             budget = JobBudget.remote(job.teacher.rpm, job.teacher.tpm,
                                       job.cost.model_dump() if job.cost else None)
-        backend = None if live else ctx.backend  # recorded teachers travel; live ones are built per worker
+        backend = None if live else ctx.backend  # recorded teachers travel; live ones are built in each worker
         n_workers = max(1, min(self.spec.workers, len(todo)))
-        workers = [ShardWorker.options(num_cpus=self.spec.num_cpus, max_concurrency=IN_FLIGHT_PER_WORKER)
+        options: dict[str, Any] = {"num_cpus": self.spec.num_cpus, "max_concurrency": IN_FLIGHT_PER_WORKER}
+        if job.teacher.backend == "vllm":  # each worker holds the GPUs of its own engine, one shard at a time
+            options.update(num_gpus=job.teacher.num_gpus or job.teacher.tensor_parallel_size, max_concurrency=1)
+        workers = [ShardWorker.options(**options)
                    .remote(job.model_dump_json(), ctx.task.kind, ctx.prompt, backend, str(root), budget)
                    for _ in range(n_workers)]
         queue = list(reversed(todo))

@@ -8,7 +8,11 @@ job. It behaves like a GPU inference server behind a rate-limited API:
 - faults at set rates: 500, 503, dropped connections, stalls past the client timeout, malformed JSON,
   truncated completions (`finish_reason: "length"`), garbage text;
 - `/stats` counts requests received and completed per request key (the `X-Stepwise-Request-Keys` header our
-  client sends, else a hash of the body), so a test can prove no completed request was sent twice.
+  client sends, else a hash of the body), so a test can prove no completed request was sent twice;
+- the Batch API (`/v1/files`, `/v1/batches`): a batch is `in_progress` once looked at and `completed` after
+  `batch_delay_s`, its lines answered like chat requests (each line's `custom_id` counted as a request key),
+  lines failing at `batch_fail_rate` into the error file, and with `batch_expire` the run's first batch expires
+  with no output at all.
 
 Answers come from a completions file (the replay format), from a labeled dataset (task-aware: it reasons to
 the gold answer, or to a wrong one at `wrong_rate`), or else a generic short chain of thought.
@@ -23,6 +27,7 @@ import math
 import random
 import re
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +61,9 @@ class SimConfig:
     wrong_rate: float = 0.1
     seed: int = 0
     model: str = "stepwise-sim"
+    batch_delay_s: float = 2.0  # a batch completes this long after it was created
+    batch_fail_rate: float = 0.0  # share of batch lines that fail (error file)
+    batch_expire: bool = False  # the first batch of the run expires with no output
 
     def __post_init__(self) -> None:
         unknown = set(self.faults) - set(FAULTS)
@@ -63,6 +71,8 @@ class SimConfig:
             raise ValueError(f"unknown fault kinds {sorted(unknown)}; known: {', '.join(FAULTS)}")
         if sum(self.faults.values()) > 1:
             raise ValueError("fault rates add up to more than 1")
+        if not 0 <= self.batch_fail_rate <= 1:
+            raise ValueError("batch_fail_rate must be between 0 and 1")
 
 
 class Simulator:
@@ -81,6 +91,13 @@ class Simulator:
         self.in_flight = 0
         self.max_in_flight = 0
         self.started = time.monotonic()
+        self.files: dict[str, tuple[dict, bytes]] = {}  # file id -> (file object, content)
+        self.batches: dict[str, dict] = {}  # batch id -> batch object, in creation order
+        self.batch_work: dict[str, dict] = {}  # batch id -> its lines, problems, start time, fate
+        self.batch_rng = random.Random(f"{config.seed}:batch")
+        self.batches_created = 0
+        self.files_uploaded = 0
+        self.largest_upload = 0
         self.recorded: dict[tuple[str, int], dict] = {}
         self.gold: dict[str, str] = {}
         self.questions: dict[str, str] = {}
@@ -102,6 +119,17 @@ class Simulator:
             return unquote(request.headers["X-Stepwise-Example-Id"])
         last = next((m.get("content", "") for m in reversed(body.get("messages", [])) if m.get("role") == "user"), "")
         return next((eid for q, eid in self.questions.items() if q in last), None)
+
+    def _example_in(self, body: dict) -> str | None:
+        """The dataset example of a batch line (no headers there): the latest user message holding a question,
+        so that the answer prompt of a two-stage request finds its example too."""
+        for m in reversed(body.get("messages", [])):
+            if isinstance(m, dict) and m.get("role") == "user":
+                content = str(m.get("content", ""))
+                found = next((eid for q, eid in self.questions.items() if q in content), None)
+                if found is not None:
+                    return found
+        return None
 
     def answer(self, example_id: str | None, sample_idx: int, body: dict) -> tuple[str, str]:
         """(text, finish_reason) for one choice."""
@@ -241,6 +269,189 @@ class Simulator:
         self.statuses["200"] += 1
         return web.json_response(payload, headers=self._limit_headers(time.monotonic()))
 
+    # ── the Batch API ────────────────────────────────────────────────────────────────────────────────────────
+    def _refused(self, request: web.Request) -> web.Response | None:
+        if self.config.api_key is not None and \
+                request.headers.get("Authorization", "") != f"Bearer {self.config.api_key}":
+            return self._error(401, "Incorrect API key provided.", "invalid_request_error")
+        return None
+
+    def _not_found(self, kind: str, name: str) -> web.Response:
+        return self._error(404, f"No such {kind} object: {name}", "invalid_request_error")
+
+    def _store_file(self, content: bytes, filename: str, purpose: str) -> dict:
+        file = {"id": f"file-{uuid.uuid4().hex[:24]}", "object": "file", "bytes": len(content),
+                "created_at": int(time.time()), "filename": filename, "purpose": purpose, "status": "processed",
+                "expires_at": None, "status_details": None}
+        self.files[file["id"]] = (file, content)
+        return file
+
+    async def upload_file(self, request: web.Request) -> web.Response:
+        """POST /v1/files (multipart: purpose, file)."""
+        if (refused := self._refused(request)) is not None:
+            return refused
+        try:
+            form = await request.post()
+        except ValueError:
+            return self._error(400, "expected a multipart form with 'purpose' and 'file'", "invalid_request_error")
+        upload, purpose = form.get("file"), form.get("purpose")
+        if not isinstance(upload, web.FileField) or not isinstance(purpose, str) or not purpose:
+            return self._error(400, "expected a multipart form with 'purpose' and 'file'", "invalid_request_error")
+        content = upload.file.read()
+        self.files_uploaded += 1
+        self.largest_upload = max(self.largest_upload, len(content))
+        return web.json_response(self._store_file(content, upload.filename or "upload.jsonl", purpose))
+
+    async def file_info(self, request: web.Request) -> web.Response:
+        """GET /v1/files/{file_id}."""
+        if (refused := self._refused(request)) is not None:
+            return refused
+        entry = self.files.get(request.match_info["file_id"])
+        return web.json_response(entry[0]) if entry else self._not_found("File", request.match_info["file_id"])
+
+    async def file_content(self, request: web.Request) -> web.Response:
+        """GET /v1/files/{file_id}/content."""
+        if (refused := self._refused(request)) is not None:
+            return refused
+        entry = self.files.get(request.match_info["file_id"])
+        if entry is None:
+            return self._not_found("File", request.match_info["file_id"])
+        return web.Response(body=entry[1], content_type="application/octet-stream")
+
+    async def create_batch(self, request: web.Request) -> web.Response:
+        """POST /v1/batches: lines are checked now (a bad file fails the batch, as the API does) and answered
+        when the batch's time is up."""
+        if (refused := self._refused(request)) is not None:
+            return refused
+        try:
+            body = await request.json()
+            file_id, endpoint, window = body["input_file_id"], body["endpoint"], body["completion_window"]
+        except (ValueError, KeyError, TypeError):
+            return self._error(400, "expected JSON with input_file_id, endpoint and completion_window",
+                               "invalid_request_error")
+        if endpoint != "/v1/chat/completions":
+            return self._error(400, f"this simulator batches only /v1/chat/completions, not {endpoint}",
+                               "invalid_request_error")
+        if window != "24h":
+            return self._error(400, "completion_window must be 24h", "invalid_request_error")
+        entry = self.files.get(file_id)
+        if entry is None:
+            return self._not_found("File", file_id)
+        if entry[0]["purpose"] != "batch":
+            return self._error(400, f"file {file_id} has purpose {entry[0]['purpose']!r}, not 'batch'",
+                               "invalid_request_error")
+        lines, problems, seen = [], [], set()
+        for number, raw in enumerate(entry[1].decode("utf-8", errors="replace").splitlines(), 1):
+            if not raw.strip():
+                continue
+            try:
+                line = json.loads(raw)
+                custom_id = str(line["custom_id"])
+                if line.get("url") != endpoint or line.get("method") != "POST" or \
+                        not isinstance(line.get("body"), dict):
+                    raise ValueError(f"needs method POST, url {endpoint} and a body")
+                if custom_id in seen:
+                    raise ValueError(f"custom_id {custom_id!r} appears twice")
+            except (ValueError, KeyError, TypeError) as exc:
+                problems.append({"code": "invalid_request", "message": str(exc) or "not a batch line",
+                                 "param": None, "line": number})
+                continue
+            seen.add(custom_id)
+            lines.append(line)
+        now = int(time.time())
+        batch = {"id": f"batch_{uuid.uuid4().hex[:24]}", "object": "batch", "endpoint": endpoint, "errors": None,
+                 "input_file_id": file_id, "completion_window": window, "status": "validating",
+                 "output_file_id": None, "error_file_id": None, "created_at": now, "in_progress_at": None,
+                 "expires_at": now + 86400, "finalizing_at": None, "completed_at": None, "failed_at": None,
+                 "expired_at": None, "cancelling_at": None, "cancelled_at": None,
+                 "request_counts": {"total": len(lines), "completed": 0, "failed": 0},
+                 "metadata": body.get("metadata")}
+        for line in lines:
+            self.received[str(line["custom_id"])] += 1
+        self.batches_created += 1
+        self.batches[batch["id"]] = batch
+        self.batch_work[batch["id"]] = {"lines": lines, "problems": problems, "started": time.monotonic(),
+                                        "expire": self.config.batch_expire and self.batches_created == 1}
+        return web.json_response(batch)
+
+    async def get_batch(self, request: web.Request) -> web.Response:
+        """GET /v1/batches/{batch_id}: looking at a batch moves it along."""
+        if (refused := self._refused(request)) is not None:
+            return refused
+        batch_id = request.match_info["batch_id"]
+        if batch_id not in self.batches:
+            return self._not_found("Batch", batch_id)
+        self._advance(batch_id)
+        return web.json_response(self.batches[batch_id])
+
+    async def list_batches(self, request: web.Request) -> web.Response:
+        """GET /v1/batches: newest first, all on one page."""
+        if (refused := self._refused(request)) is not None:
+            return refused
+        data = list(reversed(self.batches.values()))
+        return web.json_response({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+                                  "last_id": data[-1]["id"] if data else None, "has_more": False})
+
+    def _advance(self, batch_id: str) -> None:
+        batch, work = self.batches[batch_id], self.batch_work[batch_id]
+        if batch["status"] not in ("validating", "in_progress"):
+            return
+        now = int(time.time())
+        if work["problems"]:
+            batch.update(status="failed", failed_at=now, errors={"object": "list", "data": work["problems"]})
+            return
+        if batch["status"] == "validating":
+            batch.update(status="in_progress", in_progress_at=now)
+        if time.monotonic() - work["started"] < self.config.batch_delay_s:
+            return
+        if work["expire"]:
+            batch.update(status="expired", expired_at=now)
+            return
+        outputs, errors = [], []
+        for line in work["lines"]:
+            custom_id, body = str(line["custom_id"]), line["body"]
+            request_id = f"batch_req_{uuid.uuid4().hex[:24]}"
+            n = int(body.get("n") or 1)
+            if self.batch_rng.random() < self.config.batch_fail_rate:
+                errors.append({"id": request_id, "custom_id": custom_id, "response": None,
+                               "error": {"code": "server_error", "message": "The server had an error while "
+                                                                            "processing this request."}})
+            elif not isinstance(body.get("messages"), list) or not body["messages"] or \
+                    (n > 1 and not self.config.supports_n):
+                message = "n > 1 is not supported by this server" if body.get("messages") else \
+                    "body must have a non-empty 'messages' list"
+                errors.append({"id": request_id, "custom_id": custom_id, "error": None, "response": {
+                    "status_code": 400, "request_id": request_id,
+                    "body": {"error": {"message": message, "type": "invalid_request_error", "code": None}}}})
+            else:
+                outputs.append({"id": request_id, "custom_id": custom_id, "error": None, "response": {
+                    "status_code": 200, "request_id": request_id, "body": self._batch_answer(body, n)}})
+                self.completed[custom_id] += 1
+        if outputs:
+            batch["output_file_id"] = self._store_file(_jsonl(outputs), f"{batch_id}_output.jsonl",
+                                                       "batch_output")["id"]
+        if errors:
+            batch["error_file_id"] = self._store_file(_jsonl(errors), f"{batch_id}_error.jsonl",
+                                                      "batch_output")["id"]
+        batch.update(status="completed", finalizing_at=now, completed_at=now,
+                     request_counts={"total": len(work["lines"]), "completed": len(outputs), "failed": len(errors)})
+
+    def _batch_answer(self, body: dict, n: int) -> dict:
+        """The chat completion one batch line gets: the same answers as a chat request without our headers."""
+        example_id = self._example_in(body)
+        choices, out_tokens = [], 0
+        for i in range(n):
+            text, finish = self.answer(example_id, i, body)
+            out_tokens += estimate_tokens(text)
+            choices.append({"index": i, "message": {"role": "assistant", "content": text},
+                            "finish_reason": finish, "logprobs": None})
+        prompt_tokens = request_tokens(body) - n * int(body.get("max_completion_tokens") or body.get("max_tokens")
+                                                       or 256)
+        return {"id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
+                "model": body.get("model") or self.config.model, "choices": choices,
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": out_tokens,
+                          "total_tokens": prompt_tokens + out_tokens}}
+
     def _draw_fault(self) -> str | None:
         r = self.rng.random()
         for kind in FAULTS:
@@ -263,6 +474,9 @@ class Simulator:
             "distinct_received": len(self.received),
             "distinct_completed": len(self.completed),
             "completed_more_than_once": sum(1 for c in self.completed.values() if c > 1),
+            "batches_created": self.batches_created,
+            "files_uploaded": self.files_uploaded,
+            "largest_upload_bytes": self.largest_upload,
             "statuses": dict(self.statuses),
             "max_in_flight": self.max_in_flight,
             "max_accepted_in_any_60s": best,
@@ -284,6 +498,10 @@ _OPENINGS = ("Reading the question carefully and working", "Taking the quantitie
              "Writing down what is known and working", "Checking each step as I go and working")
 
 
+def _jsonl(rows: list[dict]) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
 def _wrong(gold: str, rng: random.Random) -> str:
     try:
         value = float(gold)
@@ -294,11 +512,17 @@ def _wrong(gold: str, rng: random.Random) -> str:
 
 def build_app(config: SimConfig) -> web.Application:
     sim = Simulator(config)
-    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app = web.Application(client_max_size=256 * 1024 * 1024)  # batch input files go up to 200 MB
     app["sim"] = sim
     app.router.add_post("/v1/chat/completions", sim.chat)
     app.router.add_get("/stats", sim.stats_handler)
     app.router.add_get("/v1/models", sim.models)
+    app.router.add_post("/v1/files", sim.upload_file)
+    app.router.add_get("/v1/files/{file_id}", sim.file_info)
+    app.router.add_get("/v1/files/{file_id}/content", sim.file_content)
+    app.router.add_post("/v1/batches", sim.create_batch)
+    app.router.add_get("/v1/batches", sim.list_batches)
+    app.router.add_get("/v1/batches/{batch_id}", sim.get_batch)
     return app
 
 

@@ -10,7 +10,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -159,10 +159,56 @@ class OpenAITeacherSpec(_Strict):
         return v
 
 
-TeacherSpec = Annotated[ReplayTeacherSpec | OpenAITeacherSpec, Field(discriminator="backend")]
+class VLLMTeacherSpec(_Strict):
+    """A local vLLM engine (`vllm.LLM`), fed whole shards. Needs the `vllm` extra and a CUDA GPU."""
+
+    backend: Literal["vllm"]
+    model: str = Field(min_length=1, description="a Hugging Face model id or a local path")
+    tensor_parallel_size: int = Field(1, ge=1, le=64)
+    num_gpus: float | None = Field(None, gt=0, description="GPUs each Ray worker reserves; default "
+                                                            "tensor_parallel_size")
+    dtype: str = "auto"
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    max_model_len: int | None = Field(None, ge=1)
+    trust_remote_code: bool = False
+    engine_seed: int = 0
+    supports_n: bool = True
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="more vllm.LLM arguments")
+
+
+class OpenAIBatchTeacherSpec(_Strict):
+    """The OpenAI Batch API: requests go up as JSONL files and come back within the completion window, at
+    about half the price. Batch ids are kept next to the request cache, so a restarted job polls its open
+    batches instead of submitting them again. The key is read from the variable *named* by `api_key_env`.
+    """
+
+    backend: Literal["openai_batch"]
+    model: str = Field(min_length=1)
+    base_url: str = Field("https://api.openai.com/v1", description="the server's /v1 root")
+    api_key_env: str | None = Field("OPENAI_API_KEY", description="name of the env var holding the key; "
+                                                                   "null for servers without auth")
+    completion_window: Literal["24h"] = Field("24h", description="the only window the Batch API offers")
+    max_requests_per_batch: int = Field(50_000, ge=1, le=50_000, description="lines per batch (API limit)")
+    max_bytes_per_batch: int = Field(200_000_000, ge=1024, le=200_000_000,
+                                     description="bytes of one batch's input file (API limit 200 MB)")
+    poll_interval_s: float = Field(30.0, gt=0, description="seconds between looks at the open batches")
+    max_attempts: int = Field(3, ge=1, le=20, description="batches a request may go in: failed, expired and "
+                                                          "missing requests are submitted again up to this")
+    timeout_s: float = Field(600.0, gt=0, description="timeout of one call to the file and batch endpoints")
+    supports_n: bool = Field(True, description="all samples of an example in one line (n)")
+
+    # the same rules as the live teacher's
+    _url = field_validator("base_url")(OpenAITeacherSpec._url.__func__)
+    _env_name = field_validator("api_key_env")(OpenAITeacherSpec._env_name.__func__)
+
+
+TeacherSpec = Annotated[ReplayTeacherSpec | OpenAITeacherSpec | VLLMTeacherSpec | OpenAIBatchTeacherSpec,
+                        Field(discriminator="backend")]
 # teacher fields that change how we talk to the teacher, not what it answers: free to change on resume
 OPERATIONAL_TEACHER_FIELDS = {"base_url", "api_key_env", "transport", "max_concurrency", "rpm", "tpm",
-                              "timeout_s", "max_attempts"}
+                              "timeout_s", "max_attempts", "num_gpus", "gpu_memory_utilization",
+                              "completion_window", "max_requests_per_batch", "max_bytes_per_batch",
+                              "poll_interval_s"}
 
 
 class CostSpec(_Strict):
@@ -230,7 +276,7 @@ class JobSpec(_Strict):
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
-TEACHER_BACKENDS = ("replay", "openai")
+TEACHER_BACKENDS = ("replay", "openai", "vllm", "openai_batch")
 
 
 def _problems(exc: ValidationError) -> list[tuple[str, str]]:

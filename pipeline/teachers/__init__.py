@@ -20,6 +20,18 @@ def build_backend(spec, *, corpus: str | Path | None = None, cost=None, rate=Non
 
         cache = RequestCache.for_corpus(corpus) if corpus is not None else None
         return OpenAIBackend(spec, cache=cache, cost=cost, rate=rate, meter=meter)
+    if spec.backend == "vllm":
+        from pipeline.cache import RequestCache
+        from pipeline.teachers.vllm_backend import VLLMBackend
+
+        cache = RequestCache.for_corpus(corpus) if corpus is not None else None
+        return VLLMBackend(spec, cache=cache, cost=cost)
+    if spec.backend == "openai_batch":
+        from pipeline.cache import RequestCache
+        from pipeline.teachers.openai_batch import OpenAIBatchBackend
+
+        cache = RequestCache.for_corpus(corpus) if corpus is not None else None
+        return OpenAIBatchBackend(spec, cache=cache, cost=cost, meter=meter)
     raise TeacherError(f"unknown teacher backend {spec.backend!r}")
 
 
