@@ -50,9 +50,9 @@ from pipeline.errors import (
     TransientTeacherError,
 )
 from pipeline.spec import CostSpec, OpenAIBatchTeacherSpec
-from pipeline.teachers.limits import estimate_tokens, request_tokens
+from pipeline.teachers.limits import request_tokens
 from pipeline.teachers.openai_compat import CostMeter, read_api_key
-from pipeline.teachers.transport import ChatResponse, parse_chat, raise_for_status
+from pipeline.teachers.transport import ChatResponse, chat_body, choice_completions, parse_chat, raise_for_status
 from pipeline.types import Completion, TeacherRequest
 
 EventFn = Callable[[Completion, bool], None]  # (completion, served from cache)
@@ -190,24 +190,6 @@ class BatchLedger:
 
 
 # ── request bodies ────────────────────────────────────────────────────────────────────────────────────────────
-
-
-def chat_body(model: str, req: TeacherRequest, n: int) -> dict[str, Any]:
-    """The chat completions body of one line, as the live engine builds it (OpenAI's `response_format` for
-    structured output, the only form the Batch API accepts)."""
-    s = req.sampling
-    body: dict[str, Any] = {"model": model, "messages": list(req.messages), "temperature": s.temperature,
-                            "top_p": s.top_p, "max_tokens": s.max_tokens}
-    if n > 1:
-        body["n"] = n
-    if s.seed is not None:
-        body["seed"] = s.seed + req.sample_idx  # distinct samples when they go one line each
-    if s.stop:
-        body["stop"] = list(s.stop)
-    if req.response_schema is not None:
-        body["response_format"] = {"type": "json_schema", "json_schema": {
-            "name": "rationale_and_label", "schema": json.loads(req.response_schema), "strict": True}}
-    return body
 
 
 @dataclass
@@ -595,25 +577,14 @@ class OpenAIBatchBackend:
                 self._give_up(task, line, f"gave up after {tries}: {why}" if again else why)
 
     def _completions(self, line: _Line, resp: ChatResponse, latency: float | None) -> list[Completion]:
-        n = len(line.members)
-        texts = [resp.choices[i] if i < len(resp.choices) else (None, None) for i in range(n)]
-        est = [estimate_tokens(t or "") for t, _ in texts]
-        total_out = resp.tokens_out if resp.tokens_out is not None else sum(est)
-        out = []
-        for i, ((req, key), (text, finish)) in enumerate(zip(line.members, texts, strict=True)):
-            # one prompt answered n times: its tokens are split over the samples, the output by their lengths
-            tin = None if resp.tokens_in is None else resp.tokens_in // n + (resp.tokens_in % n if i == 0 else 0)
-            tout = round(total_out * est[i] / max(1, sum(est)))
-            c = Completion(key, req.example_id, req.sample_idx, text, finish or "stop", tin, tout, latency,
-                           resp.model or self.model, None if text is not None else "the teacher returned no text",
-                           self.price.cost(tin, tout) if self.price else None)
-            if self.cache is not None and text is not None:
+        out = choice_completions(line.members, resp, latency, self.model, self.price)
+        for c in out:
+            if self.cache is not None and c.text is not None:
                 self.cache.put(c)  # durable before anything else happens: paid once, kept
-            if text is None:
+            if c.text is None:
                 self.stats.failed += 1
             else:
                 self.stats.completed += 1
-            out.append(c)
         return out
 
     def _give_up(self, task: _Task, line: _Line, why: str) -> None:

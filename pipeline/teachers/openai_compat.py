@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import json
 import os
 import threading
 import time
@@ -42,8 +41,8 @@ from pipeline.errors import (
     TransientTeacherError,
 )
 from pipeline.spec import CostSpec, OpenAITeacherSpec
-from pipeline.teachers.limits import AdaptiveConcurrency, RateBudget, estimate_tokens, parse_reset, request_tokens
-from pipeline.teachers.transport import ChatResponse, build_transport
+from pipeline.teachers.limits import AdaptiveConcurrency, RateBudget, parse_reset, request_tokens
+from pipeline.teachers.transport import ChatResponse, build_transport, chat_body, choice_completions
 from pipeline.types import Completion, TeacherRequest
 
 EventFn = Callable[[Completion, bool], None]  # (completion, served from cache)
@@ -223,32 +222,11 @@ class OpenAIBackend:
         if self.events:
             self.events(c, cached)
 
-    def _body(self, req: TeacherRequest, n: int, messages: Sequence[dict[str, str]]) -> dict[str, Any]:
-        s = req.sampling
-        body: dict[str, Any] = {"model": self.spec.model, "messages": list(messages), "temperature": s.temperature,
-                                "top_p": s.top_p, "max_tokens": s.max_tokens}
-        if n > 1:
-            body["n"] = n
-        if s.seed is not None:
-            body["seed"] = s.seed + req.sample_idx  # distinct samples when they go one request each
-        if s.stop:
-            body["stop"] = list(s.stop)
-        if req.response_schema is not None:
-            schema = json.loads(req.response_schema)
-            if self.spec.structured_output == "structured_outputs":
-                body["structured_outputs"] = {"json": schema}
-            elif self.spec.structured_output == "guided_json":
-                body["guided_json"] = schema
-            else:
-                body["response_format"] = {"type": "json_schema", "json_schema": {
-                    "name": "rationale_and_label", "schema": schema, "strict": True}}
-        return body
-
     async def _call(self, members: list[tuple[TeacherRequest, str]],
                     messages: Sequence[dict[str, str]] | None = None) -> list[Completion]:
         """One HTTP request for one or more samples of an example (n = len(members))."""
         first = members[0][0]
-        body = self._body(first, len(members), messages if messages is not None else first.messages)
+        body = chat_body(self.spec.model, first, len(members), messages, self.spec.structured_output)
         # informational headers (the simulator counts by them); ids are percent-encoded: headers are ASCII
         headers = {"X-Stepwise-Request-Keys": ",".join(k[:16] for _, k in members),
                    "X-Stepwise-Example-Id": quote(first.example_id, safe=""),
@@ -267,23 +245,12 @@ class OpenAIBackend:
         return self._completions(members, resp, latency)
 
     def _completions(self, members, resp: ChatResponse, latency: float) -> list[Completion]:
-        n = len(members)
-        texts = [resp.choices[i] if i < len(resp.choices) else (None, None) for i in range(n)]
-        est = [estimate_tokens(t or "") for t, _ in texts]
-        total_out = resp.tokens_out if resp.tokens_out is not None else sum(est)
-        out = []
-        for i, ((req, key), (text, finish)) in enumerate(zip(members, texts, strict=True)):
-            tin = None if resp.tokens_in is None else resp.tokens_in // n + (resp.tokens_in % n if i == 0 else 0)
-            tout = round(total_out * est[i] / max(1, sum(est)))
-            cost = self.price.cost(tin, tout) if self.price else None
-            c = Completion(key, req.example_id, req.sample_idx, text, finish or "stop", tin, tout, latency,
-                           resp.model or self.model, None if text is not None else "the teacher returned no text",
-                           cost)
-            if self.cache is not None and text is not None:
+        out = choice_completions(members, resp, latency, self.model, self.price)
+        for c in out:
+            if self.cache is not None and c.text is not None:
                 self.cache.put(c)  # durable before anything else happens: paid once, kept
             self.stats.completed += 1
             self._emit(c, False)
-            out.append(c)
         return out
 
     async def _two_stage(self, req: TeacherRequest, key: str) -> list[Completion]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from pipeline.errors import (
@@ -23,7 +24,8 @@ from pipeline.errors import (
     TeacherServerError,
     TeacherTimeoutError,
 )
-from pipeline.teachers.limits import retry_after_seconds
+from pipeline.teachers.limits import estimate_tokens, retry_after_seconds
+from pipeline.types import Completion, TeacherRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +40,52 @@ class ChatResponse:
 class ChatTransport(Protocol):
     async def chat(self, body: dict[str, Any], headers: dict[str, str]) -> ChatResponse: ...
     async def close(self) -> None: ...
+
+
+def chat_body(model: str, req: TeacherRequest, n: int, messages: Sequence[dict[str, str]] | None = None,
+              structured_output: str = "response_format") -> dict[str, Any]:
+    """The chat completions body for `n` samples of one request, as every OpenAI-protocol backend sends it.
+
+    Samples sent one request each get the seed offset by their index, so they differ; structured output goes
+    as OpenAI's `response_format`, or vLLM's `structured_outputs` / `guided_json`.
+    """
+    s = req.sampling
+    body: dict[str, Any] = {"model": model, "messages": list(messages if messages is not None else req.messages),
+                            "temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens}
+    if n > 1:
+        body["n"] = n
+    if s.seed is not None:
+        body["seed"] = s.seed + req.sample_idx
+    if s.stop:
+        body["stop"] = list(s.stop)
+    if req.response_schema is not None:
+        schema = json.loads(req.response_schema)
+        if structured_output == "structured_outputs":
+            body["structured_outputs"] = {"json": schema}
+        elif structured_output == "guided_json":
+            body["guided_json"] = schema
+        else:
+            body["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": "rationale_and_label", "schema": schema, "strict": True}}
+    return body
+
+
+def choice_completions(members: Sequence[tuple[TeacherRequest, str]], resp: ChatResponse, latency: float | None,
+                       model: str, price=None) -> list[Completion]:
+    """One Completion per sample of a response with n choices. The prompt was paid once, so its tokens are
+    split over the samples; the output tokens by the length of each choice."""
+    n = len(members)
+    texts = [resp.choices[i] if i < len(resp.choices) else (None, None) for i in range(n)]
+    est = [estimate_tokens(t or "") for t, _ in texts]
+    total_out = resp.tokens_out if resp.tokens_out is not None else sum(est)
+    out = []
+    for i, ((req, key), (text, finish)) in enumerate(zip(members, texts, strict=True)):
+        tin = None if resp.tokens_in is None else resp.tokens_in // n + (resp.tokens_in % n if i == 0 else 0)
+        tout = round(total_out * est[i] / max(1, sum(est)))
+        out.append(Completion(key, req.example_id, req.sample_idx, text, finish or "stop", tin, tout, latency,
+                              resp.model or model, None if text is not None else "the teacher returned no text",
+                              price.cost(tin, tout) if price else None))
+    return out
 
 
 def _scrub(text: str, secret: str | None) -> str:

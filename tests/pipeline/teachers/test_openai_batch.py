@@ -25,7 +25,8 @@ from pipeline.cache import RequestCache
 from pipeline.errors import RequestRejectedError, TeacherAuthError
 from pipeline.spec import JobSpec, OpenAIBatchTeacherSpec, parse_job
 from pipeline.teachers import build_backend
-from pipeline.teachers.openai_batch import BatchLedger, OpenAIBatchBackend, chat_body
+from pipeline.teachers.openai_batch import BatchLedger, OpenAIBatchBackend
+from pipeline.teachers.transport import chat_body
 from pipeline.types import Completion, Sampling, TeacherRequest
 from storage.catalog import query
 from tests.conftest import write_jsonl
