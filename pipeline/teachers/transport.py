@@ -135,6 +135,15 @@ def parse_chat(payload: Any, headers: dict[str, str]) -> ChatResponse:
         raise MalformedResponseError(f"not a chat completion: {type(exc).__name__}: {exc}") from None
 
 
+def parse_chat_text(text: str, headers: dict[str, str]) -> ChatResponse:
+    """A 200 body as text -> ChatResponse; not JSON, or not a chat completion, is MalformedResponseError."""
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        raise MalformedResponseError("the response body is not JSON") from None
+    return parse_chat(payload, headers)
+
+
 class AiohttpTransport:
     """POST {base_url}/chat/completions with aiohttp; one session and connection pool per backend."""
 
@@ -164,11 +173,7 @@ class AiohttpTransport:
             raise TeacherConnectionError(f"connection failed: {type(exc).__name__}") from None
         if status != 200:
             raise_for_status(status, text, got, self.secret)
-        try:
-            payload = json.loads(text)
-        except ValueError:
-            raise MalformedResponseError("the response body is not JSON") from None
-        return parse_chat(payload, got)
+        return parse_chat_text(text, got)
 
     async def close(self) -> None:
         await self.session.close()
@@ -203,11 +208,7 @@ class OpenAISDKTransport:
         except openai.APIStatusError as exc:
             raise_for_status(exc.status_code, exc.response.text, dict(exc.response.headers), self.secret)
             raise  # unreachable: raise_for_status always raises for non-200
-        try:
-            payload = json.loads(text)
-        except ValueError:
-            raise MalformedResponseError("the response body is not JSON") from None
-        return parse_chat(payload, got)
+        return parse_chat_text(text, got)
 
     async def close(self) -> None:
         await self.client.close()
