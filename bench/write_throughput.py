@@ -36,7 +36,7 @@ def build_records(n: int):
             reject_reason=p.reject.value if p.reject else None, reject_detail=p.detail, consensus_label=p.label,
             agreement=1.0, prompt_id="few_shot_cot", prompt_hash="0123456789abcdef", teacher_backend="replay",
             teacher_model="palm-540b", request_key="f" * 64, finish_reason="stop", tokens_in=420, tokens_out=96,
-            latency_s=0.8, completion=text, created_at=now))
+            cost_usd=None, latency_s=0.8, completion=text, created_at=now))
     return [replace(base[i % len(base)], example_id=f"{base[i % len(base)].example_id}-{i}") for i in range(n)]
 
 

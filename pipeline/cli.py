@@ -28,6 +28,8 @@ from rich.text import Text
 from pipeline.errors import JobSpecError, StepwiseError
 from pipeline.runner import JobSummary
 
+CORPUS_HELP = ("corpus root: a folder (default ./corpus) or an object-store URI, "
+               "e.g. s3://bucket/corpus?endpoint_override=host:9000&scheme=http")
 err = Console(stderr=True)
 out = Console()
 
@@ -86,7 +88,7 @@ class _Bar:
         self._refresh(advance=0 if self.live else 1)
 
 
-def print_summary(summary: JobSummary, root: Path) -> None:
+def print_summary(summary: JobSummary, root: str) -> None:
     t = Table(title=f"job {summary.job_id}: {summary.status}", show_header=False)
     t.add_row("examples", f"{summary.n_examples:,}")
     t.add_row("records", f"{summary.n_records:,}")
@@ -107,7 +109,7 @@ def print_summary(summary: JobSummary, root: Path) -> None:
     t.add_row("shards run / skipped", f"{summary.shards_run} / {summary.shards_skipped}")
     for reason, n in summary.reject_reasons.items():
         t.add_row(f"  rejected: {reason}", f"{n:,}")
-    t.add_row("corpus", str(root))
+    t.add_row("corpus", root)
     err.print(t)
 
 
@@ -125,7 +127,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = load_job(args.job, overrides=overrides)  # validated before anything is written
     with _Bar(f"{spec.job_id}", args.quiet) as bar:
         summary = run_job(spec, args.corpus, overwrite=args.overwrite, progress=bar)
-    print_summary(summary, Path(args.corpus))
+    print_summary(summary, args.corpus)
     if summary.status == "budget_exhausted":
         err.print(f"stopped: {summary.message}", markup=False, highlight=False)
         return 3
@@ -143,7 +145,7 @@ def cmd_import(args: argparse.Namespace) -> int:
                                      teacher_model=args.teacher_model, overwrite=args.overwrite, progress=bar)
     if extra:
         err.print(f"[yellow]warning:[/] {extra} completions had no matching gold row and were not imported")
-    print_summary(summary, Path(args.corpus))
+    print_summary(summary, args.corpus)
     return 0
 
 
@@ -178,7 +180,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     from storage.jobs import JobRegistry
 
-    registry = JobRegistry(Path(args.corpus))
+    registry = JobRegistry(args.corpus)  # a folder or an object-store URI: never through Path
     state = registry.get(args.job)
     if state is None:
         raise StepwiseError(f"no job {args.job!r} in {args.corpus}")
@@ -248,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run (or resume) a job file to the end")
     run.add_argument("job", help="job file (YAML)")
-    run.add_argument("--corpus", default="corpus", help="corpus root folder (default ./corpus)")
+    run.add_argument("--corpus", default="corpus", help=CORPUS_HELP)
     run.add_argument("--overwrite", action="store_true", help="replace the records of a job with the same id")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--executor", choices=("local", "ray"), help="where shards run (default: the job file's)")
@@ -265,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     dsbs.add_argument("--src", required=True, help="one dataset folder, e.g. .../distilling-step-by-step/cqa")
     dsbs.add_argument("--split", required=True, help="train, valid or test")
     dsbs.add_argument("--task", required=True, help="multiple_choice, nli, arithmetic, yes_no, exact or auto")
-    dsbs.add_argument("--corpus", default="corpus")
+    dsbs.add_argument("--corpus", default="corpus", help=CORPUS_HELP)
     dsbs.add_argument("--job-id", required=True)
     dsbs.add_argument("--teacher-model", default="palm-540b")
     dsbs.add_argument("--overwrite", action="store_true")
@@ -274,14 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("query", help="read-only SQL over the `records` and `jobs` views")
     q.add_argument("sql")
-    q.add_argument("--corpus", default="corpus")
+    q.add_argument("--corpus", default="corpus", help=CORPUS_HELP)
     q.add_argument("--format", choices=("json", "jsonl", "table"), default="table")
     q.add_argument("--max-rows", type=int, default=100_000)
     q.add_argument("--timeout", type=float, default=60.0, help="seconds")
     q.set_defaults(func=cmd_query)
 
     ex = sub.add_parser("export", help="write a job's accepted records for student training")
-    ex.add_argument("--corpus", default="corpus")
+    ex.add_argument("--corpus", default="corpus", help=CORPUS_HELP)
     ex.add_argument("--job", required=True)
     ex.add_argument("--format", required=True, choices=FORMATS)
     ex.add_argument("--out", required=True, help="output file, or folder when --split is given")
@@ -291,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(func=cmd_export)
     cancel = sub.add_parser("cancel", help="stop a running job (finished shards are kept; run it again to resume)")
     cancel.add_argument("job")
-    cancel.add_argument("--corpus", default="corpus")
+    cancel.add_argument("--corpus", default="corpus", help=CORPUS_HELP)
     cancel.set_defaults(func=cmd_cancel)
 
     demo = sub.add_parser("demo", help="start the simulator, run the live demo job, query and export it")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import concurrent.futures
 from collections import deque
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from pipeline.errors import BudgetExhaustedError, StepwiseError
 from pipeline.runner import (
@@ -20,10 +19,10 @@ from pipeline.runner import (
     ShardResult,
     finish_shard,
     plan_shard,
-    shard_path,
+    write_part,
 )
 from pipeline.spec import ExecutorSpec
-from storage.parquet import write_records
+from storage.location import CorpusLocation
 
 Outcome = tuple[str, str | None, dict[str, float]]
 CancelCheck = Callable[[], bool]
@@ -42,7 +41,7 @@ class LocalExecutor:
     """Shards in this process, pipelined: while one shard's last answers arrive the next one's requests are
     already queued at the teacher, so there is no idle tail between shards."""
 
-    def run(self, ctx: JobContext, shards: Sequence[Sequence[Item]], todo: list[int], root: Path,
+    def run(self, ctx: JobContext, shards: Sequence[Sequence[Item]], todo: list[int], corpus: CorpusLocation,
             progress: Progress | None, cancelled: CancelCheck) -> Outcome:
         pending: deque[tuple[int, ShardPlan, concurrent.futures.Future]] = deque()
         try:
@@ -60,7 +59,7 @@ class LocalExecutor:
                             teacher_counters(ctx.backend)
                     records = finish_shard(ctx, done_plan, completions)
                     if records:
-                        write_records(records, shard_path(root, ctx.job_id, done_index))
+                        write_part(corpus, ctx.job_id, done_index, records)
                     if progress:
                         progress.shard_done(ShardResult.of(done_index, records))
         except BudgetExhaustedError as exc:

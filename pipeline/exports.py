@@ -72,7 +72,7 @@ def assign_split(example_id: str, split: tuple[float, float, float], seed: int) 
     return "test"
 
 
-def _rows(root: Path, job_id: str) -> Iterator[dict]:
+def _rows(root: str | Path, job_id: str) -> Iterator[dict]:
     con = connect(root)
     try:
         if not con.execute("SELECT count(*) FROM records WHERE job_id = ?", [job_id]).fetchone()[0]:
@@ -125,7 +125,7 @@ def export_job(root: str | Path, job_id: str, fmt: str, out: str | Path, *,
         raise StepwiseError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if label_source not in ("teacher", "gold"):
         raise StepwiseError(f"label source must be 'teacher' or 'gold', not {label_source!r}")
-    root, out = Path(root), Path(out)
+    out = Path(out)  # the corpus may be an object-store URI; the export is a local file or folder
     summary = ExportSummary(path=str(out), format=fmt)
     buckets: dict[str, list[dict]] = {s: [] for s in SPLITS} if split else {"all": []}
     for r in _rows(root, job_id):

@@ -10,6 +10,8 @@
 - A worker that dies is restarted by Ray and its shard is retried; a shard whose part file exists is skipped,
   so nothing is written twice, and the request cache means nothing is paid twice.
 - Cancel (`stepwise cancel`) stops all workers within a second or so; finished shards stay.
+- Workers are given the corpus root as a string (an absolute path, or an object-store URI such as
+  `s3://bucket/corpus`), so on a cluster every node writes where the driver reads.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pipeline.errors import BudgetExhaustedError, StepwiseError, TeacherAuthErro
 from pipeline.executors import POLL_S, CancelCheck, Outcome
 from pipeline.runner import Item, JobContext, Progress, ShardResult, write_shard
 from pipeline.spec import CostSpec, ExecutorSpec, JobSpec
+from storage.location import CorpusLocation
 
 IN_FLIGHT_PER_WORKER = 2  # two shards per worker: one finishing while the next one's requests go out
 
@@ -97,14 +100,14 @@ class ShardWorker:
 
             shared = SharedBudget(budget) if budget is not None else None
             backend = build_backend(spec.teacher, corpus=root, cost=spec.cost, rate=shared, meter=shared)
-        self.root = Path(root)
-        self.ctx, _ = prepare_context(spec, [], backend=backend, prompt=prompt, corpus=self.root)
+        self.corpus = CorpusLocation(root)  # a URI stays a URI: never through Path, which would make s3:/ of it
+        self.ctx, _ = prepare_context(spec, [], backend=backend, prompt=prompt, corpus=root)
 
     def pid(self) -> int:
         return os.getpid()
 
     def run(self, index: int, items: Sequence[Item]) -> ShardResult:
-        return write_shard(self.ctx, self.root, index, items)
+        return write_shard(self.ctx, self.corpus, index, items)
 
     def teacher_counters(self) -> dict[str, float]:
         from pipeline.executors import teacher_counters
@@ -132,7 +135,7 @@ class RayExecutor:
     def __init__(self, spec: ExecutorSpec):
         self.spec = spec
 
-    def run(self, ctx: JobContext, shards: Sequence[Sequence[Item]], todo: list[int], root: Path,
+    def run(self, ctx: JobContext, shards: Sequence[Sequence[Item]], todo: list[int], corpus: CorpusLocation,
             progress: Progress | None, cancelled: CancelCheck) -> Outcome:
         ensure_ray(self.spec)
         job = ctx.spec
@@ -148,7 +151,7 @@ class RayExecutor:
         if job.teacher.backend == "vllm":  # each worker holds the GPUs of its own engine, one shard at a time
             options.update(num_gpus=job.teacher.num_gpus or job.teacher.tensor_parallel_size, max_concurrency=1)
         workers = [ShardWorker.options(**options)
-                   .remote(job.model_dump_json(), ctx.task.kind, ctx.prompt, backend, str(root), budget)
+                   .remote(job.model_dump_json(), ctx.task.kind, ctx.prompt, backend, corpus.address, budget)
                    for _ in range(n_workers)]
         queue = list(reversed(todo))
         in_flight: dict[Any, tuple[int, int]] = {}  # ref -> (shard index, worker)

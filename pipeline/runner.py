@@ -2,13 +2,13 @@
 
 `run_shard` is the one unit of work (the Ray executor of a later issue schedules the same function). A shard
 is done when its part file exists: part files are written atomically, so a killed run resumes at the first
-shard without one and never writes a record twice.
+shard without one and never writes a record twice. The corpus root is a folder or an object-store URI
+(`storage/location.py`); every part file, registry row and listing goes through its `CorpusLocation`.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -29,7 +29,9 @@ from pipeline.types import Completion, Example, RationaleRecord, RejectReason, R
 from pipeline.validate import judge_example
 from prompts import PromptTemplate, answer_schema, load_prompt
 from storage.jobs import JobRegistry, JobState
-from storage.parquet import remove_stale_temp_files, write_records
+from storage.location import CorpusLocation
+from storage.parquet import records_to_table
+from storage.schema import DICTIONARY_COLUMNS
 
 Item = Example | RowReject
 
@@ -105,8 +107,23 @@ class Progress(Protocol):
     def shard_done(self, result: ShardResult) -> None: ...
 
 
-def shard_path(root: Path, job_id: str, shard: int) -> Path:
-    return Path(root) / "records" / job_id / f"shard-{shard:06d}.parquet"
+def shard_name(shard: int) -> str:
+    return f"shard-{shard:06d}.parquet"
+
+
+def shard_done(corpus: CorpusLocation, job_id: str, shard: int) -> bool:
+    return corpus.exists("records", job_id, shard_name(shard))
+
+
+def done_shards(corpus: CorpusLocation, job_id: str) -> set[str]:
+    """Names of the job's part files, from one listing (one request on an object store, not one per shard)."""
+    return {p.rsplit("/", 1)[-1] for p in corpus.list_files("records", job_id)}
+
+
+def write_part(corpus: CorpusLocation, job_id: str, shard: int, records: Sequence[RationaleRecord]) -> None:
+    """A shard's part file, atomically: after this the shard is done."""
+    table = records_to_table(records)
+    corpus.write_table(table, "records", job_id, shard_name(shard), dictionary=DICTIONARY_COLUMNS)
 
 
 def _record(ctx: JobContext, created: datetime, example_id: str, sample_idx: int, **kw) -> RationaleRecord:
@@ -195,7 +212,8 @@ def load_items(spec: JobSpec) -> list[Item]:
 
 
 def prepare_context(spec: JobSpec, items: Sequence[Item], *, backend: TeacherBackend | None = None,
-                    prompt: PromptTemplate | None = None, corpus: Path | None = None) -> tuple[JobContext, list[Item]]:
+                    prompt: PromptTemplate | None = None,
+                    corpus: str | Path | None = None) -> tuple[JobContext, list[Item]]:
     """Build the task (inferring `auto` from the data), prompt and backend; complete the examples."""
     examples = [i for i in items if isinstance(i, Example)]
     task = build_task(spec.task, examples[:500])
@@ -205,16 +223,16 @@ def prepare_context(spec: JobSpec, items: Sequence[Item], *, backend: TeacherBac
     return JobContext(spec.job_id, spec, task, prompt, backend), prepared
 
 
-def summarize(root: Path, job_id: str) -> JobSummary:
+def summarize(root: str | Path | CorpusLocation, job_id: str) -> JobSummary:
     """Counters for a job, read back from its part files (the durable truth)."""
-    folder = Path(root) / "records" / job_id
+    corpus = CorpusLocation.of(root)
     summary = JobSummary(job_id=job_id, status="")
-    files = sorted(folder.glob("*.parquet"))
+    files = corpus.list_files("records", job_id)
     if not files:
         return summary
     cols = ["example_id", "accepted", "reject_reason", "correct", "gold_label", "tokens_in", "tokens_out",
             "cost_usd"]
-    table = pq.ParquetDataset(files).read(columns=cols)
+    table = pq.ParquetDataset(files, filesystem=corpus.fs).read(columns=cols)
     summary.n_records = table.num_rows
     summary.n_examples = len(pc.unique(table["example_id"]))
     summary.n_accepted = int(pc.sum(table["accepted"]).as_py() or 0)
@@ -229,15 +247,15 @@ def summarize(root: Path, job_id: str) -> JobSummary:
     return summary
 
 
-def write_shard(ctx: JobContext, root: Path, index: int, items: Sequence[Item]) -> ShardResult:
+def write_shard(ctx: JobContext, root: str | Path | CorpusLocation, index: int, items: Sequence[Item]) -> ShardResult:
     """Run one shard and write its part file atomically; what Ray workers call. A shard whose part file
     exists already is skipped, so a retried or duplicated task never writes a record twice."""
-    path = shard_path(root, ctx.job_id, index)
-    if path.exists():
+    corpus = CorpusLocation.of(root)
+    if shard_done(corpus, ctx.job_id, index):
         return ShardResult(index, skipped=True)
     records = run_shard(ctx, items)
     if records:
-        write_records(records, path)
+        write_part(corpus, ctx.job_id, index, records)
     return ShardResult.of(index, records)
 
 
@@ -252,22 +270,22 @@ def run_job(spec: JobSpec, root: str | Path, *, items: Sequence[Item] | None = N
     """
     from pipeline.executors import get_executor
 
-    root = Path(root)
+    corpus = CorpusLocation.of(root)
     job_id = spec.job_id
     assert job_id, "parse_job gives every spec a job id"
-    registry = JobRegistry(root)
+    registry = JobRegistry(corpus)
     previous = registry.get(job_id)
     fingerprint = spec.fingerprint()
     if previous is not None and previous.fingerprint != fingerprint and not overwrite:
-        raise JobConflictError(f"job {job_id!r} already exists in {root} with a different spec; "
+        raise JobConflictError(f"job {job_id!r} already exists in {corpus} with a different spec; "
                                f"use another job_id, or --overwrite to replace its records")
     if overwrite:
-        shutil.rmtree(root / "records" / job_id, ignore_errors=True)
+        corpus.remove_folder("records", job_id)
         previous = None
     items = load_items(spec) if items is None else items
     executor = get_executor(spec.executor)
     owns_backend = backend is None
-    ctx, items = prepare_context(spec, items, backend=backend, prompt=prompt, corpus=root)
+    ctx, items = prepare_context(spec, items, backend=backend, prompt=prompt, corpus=corpus.address)
     try:
         shards = [items[i:i + spec.shard_size] for i in range(0, len(items), spec.shard_size)] or [[]]
         now = datetime.now(UTC)
@@ -278,8 +296,9 @@ def run_job(spec: JobSpec, root: str | Path, *, items: Sequence[Item] | None = N
             n_examples=len(items), created_at=previous.created_at if previous else now, updated_at=now,
         ))
         registry.clear_cancel(job_id)
-        remove_stale_temp_files(root / "records" / job_id)
-        todo = [i for i in range(len(shards)) if not shard_path(root, job_id, i).exists()]
+        corpus.remove_stale_temp_files("records", job_id)
+        finished = done_shards(corpus, job_id)
+        todo = [i for i in range(len(shards)) if shard_name(i) not in finished]
         if progress:
             n_requests = sum(1 for i in todo for it in shards[i] if isinstance(it, Example)) * spec.sampling.n
             per_request = ctx.backend.backend != "replay" and spec.executor.kind == "local"
@@ -289,7 +308,7 @@ def run_job(spec: JobSpec, root: str | Path, *, items: Sequence[Item] | None = N
             if per_request:
                 ctx.backend.events = progress.completion
         try:
-            status, message, teacher = executor.run(ctx, shards, todo, root, progress,
+            status, message, teacher = executor.run(ctx, shards, todo, corpus, progress,
                                                     lambda: registry.cancel_requested(job_id))
         except BaseException as exc:
             status = "cancelled" if isinstance(exc, KeyboardInterrupt) else "failed"
@@ -299,11 +318,12 @@ def run_job(spec: JobSpec, root: str | Path, *, items: Sequence[Item] | None = N
         if owns_backend:
             ctx.backend.close()
     registry.clear_cancel(job_id)
-    summary = summarize(root, job_id)
+    summary = summarize(corpus, job_id)
     summary.status, summary.message, summary.teacher = status, message, teacher
-    summary.shards_run = sum(1 for i in todo if shard_path(root, job_id, i).exists())
+    finished = done_shards(corpus, job_id)
+    summary.shards_run = sum(1 for i in todo if shard_name(i) in finished)
     summary.shards_skipped = len(shards) - len(todo)
-    done = sum(1 for i in range(len(shards)) if shard_path(root, job_id, i).exists())
+    done = sum(1 for i in range(len(shards)) if shard_name(i) in finished)
     registry.save(replace(
         state, status=status, shards_done=done, n_records=summary.n_records, n_accepted=summary.n_accepted,
         n_rejected=summary.n_rejected, tokens_in=summary.tokens_in, tokens_out=summary.tokens_out,

@@ -3,6 +3,11 @@
 A query may be one SELECT statement (WITH ... SELECT included). The connection can read only the corpus
 folder (`allowed_directories` with external access disabled, configuration locked), so `read_csv('/etc/passwd')`,
 `COPY ... TO`, `ATTACH`, `INSTALL`/`LOAD` and `SET`/`PRAGMA` are refused. Each query has a timeout and a row cap.
+
+A corpus on an object store (`s3://...`) is read through pyarrow, not through DuckDB's httpfs extension: its part
+files are listed once per connection and registered as pyarrow datasets with the explicit schemas, and the views
+select from those. DuckDB itself may then read no file at all (no allowed directories), so the sandbox is the
+same, and nothing is downloaded or installed.
 """
 
 from __future__ import annotations
@@ -12,8 +17,10 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.dataset as ds
 
 from pipeline.errors import QueryError, QueryRefusedError
+from storage.location import CorpusLocation
 from storage.schema import JOBS_SCHEMA, RECORDS_SCHEMA
 
 _DUCK_TYPES = {
@@ -41,16 +48,35 @@ def _view_sql(name: str, pattern: Path, schema: pa.Schema) -> str:
             f"union_by_name = true)")
 
 
-def connect(root: str | Path) -> duckdb.DuckDBPyConnection:
+def _register_remote(con: duckdb.DuckDBPyConnection, name: str, corpus: CorpusLocation, folder: str, depth: int,
+                     schema: pa.Schema) -> None:
+    files = corpus.list_files(folder, depth=depth)
+    if not files:
+        con.execute(f"CREATE VIEW {name} AS {_empty_select(schema)}")
+        return
+    # the explicit schema, never inferred: older part files without a newer column read it as null
+    con.register(f"_{name}_parts", ds.dataset(files, schema=schema, format="parquet", filesystem=corpus.fs))
+    cols = ", ".join(f.name for f in schema)
+    con.execute(f"CREATE VIEW {name} AS SELECT {cols} FROM _{name}_parts")
+
+
+def connect(root: str | Path | CorpusLocation) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with `records` and `jobs` views, sandboxed to the corpus folder."""
-    root = Path(root).resolve()
+    corpus = CorpusLocation.of(root)
     con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False,
                                              "autoload_known_extensions": False})
-    con.execute(_view_sql("records", root / "records" / "*" / "*.parquet", RECORDS_SCHEMA))
-    con.execute(_view_sql("jobs", root / "jobs" / "*.parquet", JOBS_SCHEMA))
+    if corpus.local is not None:
+        local = corpus.local.resolve()
+        con.execute(_view_sql("records", local / "records" / "*" / "*.parquet", RECORDS_SCHEMA))
+        con.execute(_view_sql("jobs", local / "jobs" / "*.parquet", JOBS_SCHEMA))
+        allowed = [local]
+    else:
+        _register_remote(con, "records", corpus, "records", 2, RECORDS_SCHEMA)
+        _register_remote(con, "jobs", corpus, "jobs", 1, JOBS_SCHEMA)
+        allowed = []  # the views read through pyarrow; DuckDB itself opens no file
     # DuckDB adds its spill folder (./.tmp by default) to the allowed directories: turn spilling off
     con.execute("SET temp_directory = ''")
-    con.execute(f"SET allowed_directories = [{_sql_str(str(root) + '/')}]")
+    con.execute(f"SET allowed_directories = [{', '.join(_sql_str(str(p) + '/') for p in allowed)}]")
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
     return con

@@ -1,4 +1,8 @@
-"""The job registry: one small Parquet file per job under `<root>/jobs/`, rewritten atomically on each change."""
+"""The job registry: one small Parquet file per job under `<root>/jobs/`, rewritten atomically on each change.
+
+A cancel request is an empty `<root>/jobs/<job_id>.cancel` marker. The root may be a folder or an object-store
+URI (`storage/location.py`).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.errors import StorageError
-from storage.parquet import write_table_atomic
+from storage.location import CorpusLocation
 from storage.schema import JOBS_SCHEMA
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -56,38 +59,34 @@ def check_job_id(job_id: str) -> str:
 class JobRegistry:
     """Reads and writes job rows under `<root>/jobs/`."""
 
-    def __init__(self, root: Path):
-        self.folder = Path(root) / "jobs"
+    def __init__(self, root: str | Path | CorpusLocation):
+        self.corpus = CorpusLocation.of(root)
 
-    def path(self, job_id: str) -> Path:
-        return self.folder / f"{check_job_id(job_id)}.parquet"
-
-    def cancel_path(self, job_id: str) -> Path:
-        return self.folder / f"{check_job_id(job_id)}.cancel"
+    def path(self, job_id: str) -> str:
+        return self.corpus.path("jobs", f"{check_job_id(job_id)}.parquet")
 
     def request_cancel(self, job_id: str) -> None:
         """Ask a running job to stop (its executor polls for this marker every half second)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.cancel_path(job_id).touch()
+        self.corpus.touch("jobs", f"{check_job_id(job_id)}.cancel")
 
     def cancel_requested(self, job_id: str) -> bool:
-        return self.cancel_path(job_id).exists()
+        return self.corpus.exists("jobs", f"{check_job_id(job_id)}.cancel")
 
     def clear_cancel(self, job_id: str) -> None:
-        self.cancel_path(job_id).unlink(missing_ok=True)
+        self.corpus.remove("jobs", f"{check_job_id(job_id)}.cancel")
 
     def get(self, job_id: str) -> JobState | None:
-        path = self.path(job_id)
-        if not path.is_file():
+        name = f"{check_job_id(job_id)}.parquet"
+        if not self.corpus.exists("jobs", name):
             return None
         try:
-            row = pq.read_table(path, schema=JOBS_SCHEMA).to_pylist()[0]
+            row = self.corpus.read_table("jobs", name, schema=JOBS_SCHEMA).to_pylist()[0]
         except Exception as exc:  # a corrupt registry row is a storage problem, said plainly
-            raise StorageError(f"cannot read job registry row {path}: {exc}") from None
+            raise StorageError(f"cannot read job registry row {self.path(job_id)}: {exc}") from None
         return JobState(**row)
 
     def save(self, state: JobState) -> JobState:
         state = replace(state, updated_at=datetime.now(UTC))
         table = pa.Table.from_pylist([asdict(state)], schema=JOBS_SCHEMA)
-        write_table_atomic(table, self.path(state.job_id))
+        self.corpus.write_table(table, "jobs", f"{check_job_id(state.job_id)}.parquet")
         return state

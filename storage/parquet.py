@@ -1,4 +1,8 @@
-"""Atomic Parquet writes: a temp file in the same folder, fsync, then rename. A killed run leaves no half file."""
+"""Atomic Parquet writes: a temp file in the same folder, fsync, then rename. A killed run leaves no half file.
+
+These are the local-folder writes; `storage/location.py` picks them for a plain path and uploads to an object store
+otherwise.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from pipeline.types import RationaleRecord
 from storage.schema import DICTIONARY_COLUMNS, RECORDS_SCHEMA
 
 TMP_SUFFIX = ".tmp"
+ROW_GROUP_SIZE = 128 * 1024
 _RECORD_FIELDS = [f.name for f in fields(RationaleRecord)]
 assert _RECORD_FIELDS == RECORDS_SCHEMA.names, "RationaleRecord and RECORDS_SCHEMA must list the same columns"
 
@@ -41,7 +46,7 @@ def write_table_atomic(table: pa.Table, path: Path, *, dictionary: list[str] | b
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
     try:
         with tmp.open("wb") as fh:
-            pq.write_table(table, fh, compression="zstd", use_dictionary=dictionary, row_group_size=128 * 1024)
+            pq.write_table(table, fh, compression="zstd", use_dictionary=dictionary, row_group_size=ROW_GROUP_SIZE)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

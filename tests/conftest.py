@@ -1,4 +1,5 @@
-"""Shared fixtures. Real data comes from ../shared/data at run time; tests that need it skip without it."""
+"""Shared fixtures. Real data comes from ../shared/data at run time; tests that need it skip without it.
+`s3` is a bucket on a real S3-compatible server (moto) on loopback, for corpora on an object store."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import json
 import os
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -56,3 +60,56 @@ def stepwise(*args: str, cwd: Path | None = None, check: bool = False) -> subpro
     if check and proc.returncode != 0:
         raise AssertionError(f"stepwise {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
+
+
+@dataclass
+class S3:
+    """A bucket on a real S3-compatible server (moto) on loopback, and the credentials it expects in os.environ."""
+
+    endpoint: str
+    bucket: str
+
+    def uri(self, prefix: str = "corpus") -> str:
+        """A corpus URI as a user would write it."""
+        return f"s3://{self.bucket}/{prefix}?endpoint_override={self.endpoint}&scheme=http"
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """Every object key under `prefix` in the bucket."""
+        import pyarrow.fs as pafs
+
+        fs = pafs.S3FileSystem(endpoint_override=self.endpoint, scheme="http")
+        infos = fs.get_file_info(pafs.FileSelector(f"{self.bucket}/{prefix}".rstrip("/"), recursive=True,
+                                                   allow_not_found=True))
+        return sorted(i.path.split("/", 1)[1] for i in infos if i.type == pafs.FileType.File)
+
+
+_S3_ENV = {"AWS_ACCESS_KEY_ID": "stepwise-test", "AWS_SECRET_ACCESS_KEY": "stepwise-test-secret",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """moto's S3 server in a thread of this process on a free loopback port; yields `host:port`."""
+    pytest.importorskip("moto", reason="the object-store tests need moto: pip install -e '.[test]'")
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> S3:
+    """A fresh bucket; the AWS variables are set for this process and the subprocesses it starts."""
+    import pyarrow.fs as pafs
+
+    for key, value in _S3_ENV.items():
+        monkeypatch.setenv(key, value)
+    bucket = f"stepwise-{uuid.uuid4().hex[:12]}"
+    pafs.S3FileSystem(endpoint_override=s3_server, scheme="http", allow_bucket_creation=True).create_dir(bucket)
+    return S3(s3_server, bucket)

@@ -115,9 +115,10 @@ class LedgerRow:
 class BatchLedger:
     """The batches this corpus has submitted and not yet collected, with the custom ids of their lines.
 
-    Kept in the request cache's SQLite file (`<corpus>/cache/requests.sqlite`), next to the completions the
-    batches pay for, so that it is shared by every job and worker of the corpus as the cache is. A batch is
-    recorded before the API is asked to create it, and closed only after its answers are in the cache.
+    Kept in the request cache's SQLite file (`<corpus>/cache/requests.sqlite`, or a local folder for a corpus on
+    an object store: `pipeline/cache.py`), next to the completions the batches pay for, so that it is shared by
+    every job and worker of the corpus as the cache is. A batch is recorded before the API is asked to create it,
+    and closed only after its answers are in the cache.
     """
 
     def __init__(self, path: str | Path | None):
