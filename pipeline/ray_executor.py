@@ -167,9 +167,7 @@ class RayExecutor:
                 if not in_flight:
                     break
                 done, _ = ray.wait(list(in_flight), num_returns=1, timeout=POLL_S)
-                if cancelled():
-                    for ref in in_flight:
-                        ray.cancel(ref, force=True)
+                if cancelled():  # the workers are killed on the way out (finally): in-flight shards stop at once
                     return "cancelled", "cancelled on request; finished shards are kept", {}
                 for ref in done:
                     index, w = in_flight.pop(ref)
@@ -196,10 +194,10 @@ class RayExecutor:
                     counters[k] = counters.get(k, 0) + v
             return status, message, counters
         finally:
-            for ref in in_flight:
-                ray.cancel(ref, force=True)
+            # killing an actor stops the shard it is running (a part file is either whole or absent);
+            # ray.cancel(force=True) is not allowed for actor tasks
             for w in workers:
-                ray.kill(w)
+                ray.kill(w, no_restart=True)
             if budget is not None:
                 ray.kill(budget)
             time.sleep(0)  # let Ray process the kills before the driver moves on

@@ -125,3 +125,39 @@ def test_one_rpm_budget_is_shared_by_four_workers(start_sim, tmp_path):
     assert stats["max_accepted_in_any_60s"] <= 600
     assert stats["max_accepted_in_any_60s"] >= 560  # and the budget is used, not wasted
     assert elapsed >= 60  # 660 requests at 600 a minute cannot finish sooner
+
+
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_cancel_stops_the_job_within_seconds_and_a_rerun_finishes_it(start_sim, tmp_path, executor):
+    n = 300
+    job = make_job(tmp_path / "job", n, shard_size=10, teacher={"max_concurrency": 4})
+    sim = sim_for(start_sim, tmp_path / "job", "--latency", "0.2", "--wrong-rate", "0")
+    corpus = tmp_path / "corpus"
+    proc = subprocess.Popen(cli_args(job, corpus, sim, f"executor.kind={executor}", "executor.workers=2"),
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    while shard_files(corpus, "live") < 2:
+        assert proc.poll() is None, f"the job ended before it was cancelled: {proc.stderr.read()}"
+        assert time.monotonic() < deadline, "the job made no progress"
+        time.sleep(0.05)
+    asked = time.monotonic()
+    cancel = subprocess.run([sys.executable, "-m", "pipeline.cli", "cancel", "live", "--corpus", str(corpus)],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert cancel.returncode == 0, cancel.stderr
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 4, stderr
+    assert time.monotonic() - asked < 10  # stopped within seconds (the poll is every half second)
+    assert rows(corpus, "SELECT status FROM jobs") == [{"status": "cancelled"}]
+    done = shard_files(corpus, "live")
+    assert 2 <= done < n // 10
+    assert not list((corpus / "records" / "live").glob(".*.tmp"))
+    assert rows(corpus, "SELECT count(*) AS n FROM records") == [{"n": done * 10}]  # whole shards only
+    time.sleep(1.0)
+    sent_after_stop = sim.stats()["received"]
+    time.sleep(1.0)
+    assert sim.stats()["received"] == sent_after_stop  # nothing is still sending
+
+    ok(run_job(job, corpus, sim, f"executor.kind={executor}", "executor.workers=2", timeout=120))
+    got = rows(corpus, "SELECT example_id, sample_idx FROM records")
+    assert len(got) == n and len({(r["example_id"], r["sample_idx"]) for r in got}) == n
+    assert rows(corpus, "SELECT status FROM jobs") == [{"status": "completed"}]
