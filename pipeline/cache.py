@@ -52,6 +52,19 @@ def cache_path(root: str | Path) -> Path:
     return Path.home() / ".cache" / "stepwise" / digest / "requests.sqlite"
 
 
+def open_sqlite(target: str | Path, schema: str, what: str) -> sqlite3.Connection:
+    """A connection shared by threads (callers hold a lock), autocommit, WAL. synchronous=NORMAL in WAL mode
+    survives a killed process (the case we promise); FULL would add an fsync per write to survive power loss."""
+    try:
+        db = sqlite3.connect(target, timeout=30, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(schema)
+    except sqlite3.Error as exc:
+        raise StorageError(f"cannot open the {what} {target}: {exc}") from None
+    return db
+
+
 class RequestCache:
     """A durable map from request key to completion. Safe to share between threads of one process and
     between processes on one machine (SQLite locking)."""
@@ -59,15 +72,7 @@ class RequestCache:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL mode survives a killed process (the case we promise); FULL would add an fsync
-            # per completion to survive power loss too.
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot open the request cache {self.path}: {exc}") from None
+        self._db = open_sqlite(self.path, _SCHEMA, "request cache")
         self._lock = threading.Lock()
 
     @classmethod

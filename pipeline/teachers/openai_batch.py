@@ -26,7 +26,6 @@ import concurrent.futures
 import hashlib
 import json
 import random
-import sqlite3
 import threading
 import time
 from collections import defaultdict
@@ -37,12 +36,11 @@ from typing import Any
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
-from pipeline.cache import RequestCache
+from pipeline.cache import RequestCache, open_sqlite
 from pipeline.errors import (
     MalformedResponseError,
     RateLimitedError,
     RequestRejectedError,
-    StorageError,
     TeacherAuthError,
     TeacherConnectionError,
     TeacherError,
@@ -122,14 +120,7 @@ class BatchLedger:
     """
 
     def __init__(self, path: str | Path | None):
-        target = str(path) if path is not None else ":memory:"
-        try:
-            self._db = sqlite3.connect(target, timeout=30, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_LEDGER_SCHEMA)
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot open the batch ledger in {target}: {exc}") from None
+        self._db = open_sqlite(str(path) if path is not None else ":memory:", _LEDGER_SCHEMA, "batch ledger in")
         self._lock = threading.Lock()
 
     def open_batches_for(self, custom_ids: Sequence[str]) -> dict[str, LedgerRow]:
