@@ -1,4 +1,4 @@
-"""`stepwise` command line: run | import | query | export.
+"""`stepwise` command line: run | import | query | export | cancel | demo | serve | sim.
 
 Exit codes: 0 done; 1 the job or command failed (message on stderr); 2 bad usage or an invalid job file
 (the message names the field, and nothing is written); 3 the job's cost budget stopped it, 4 it was
@@ -242,6 +242,29 @@ def cmd_sim(args: argparse.Namespace) -> int:
     return 0
 
 
+LOOPBACK = "127.0.0.1"
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    import uvicorn
+
+    from api.app import create_app  # lazily: the other commands never load FastAPI
+
+    token = os.environ.get("STEPWISE_API_TOKEN") or None
+    host = args.host
+    if token is None:
+        if host != LOOPBACK:
+            err.print(f"[yellow]--host {host} ignored:[/] STEPWISE_API_TOKEN is not set")
+        host = LOOPBACK
+        err.print(f"no STEPWISE_API_TOKEN: requests are not authenticated, so the server listens on {LOOPBACK} only")
+    app = create_app(args.corpus, token, state_dir=args.state_dir)
+    err.print(f"stepwise serve: corpus {args.corpus}, http://{host}:{args.port} (docs at /docs)", markup=False)
+    uvicorn.run(app, host=host, port=args.port, log_level=args.log_level)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pipeline.exports import FORMATS
 
@@ -301,6 +324,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="exports")
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=cmd_demo)
+
+    serve = sub.add_parser("serve", help="the REST job service (FastAPI); auth by $STEPWISE_API_TOKEN")
+    serve.add_argument("--corpus", default="corpus", help=CORPUS_HELP)
+    serve.add_argument("--host", default=LOOPBACK, help="address to listen on (loopback only without a token)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--state-dir", help="local folder for job spec, pid and log files (default <corpus>/jobs; "
+                                           "required for an object-store corpus)")
+    serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    serve.set_defaults(func=cmd_serve)
 
     sim = sub.add_parser("sim", help="an OpenAI-compatible teacher simulator (a test tool)")
     sim.add_argument("--host", default="127.0.0.1")

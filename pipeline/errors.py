@@ -16,12 +16,16 @@
     │       ├── TeacherConnectionError  the connection was refused or dropped
     │       └── MalformedResponseError  a 200 whose body is not a chat completion
     ├── StorageError              the corpus cannot be read or written
-    │   └── JobConflictError      a job id already holds records made from a different spec
+    │   ├── JobConflictError      a job id already holds records made from a different spec
+    │   └── JobNotFoundError      no job with that id in the corpus
+    ├── JobStateError             the job cannot do that now (cancel a finished job, resume a running one)
+    ├── AuthError                 a REST request without the right bearer token
     └── QueryError                a SQL query was refused or failed
         └── QueryRefusedError     the query tried to leave the read-only corpus sandbox
 
 Per-record problems (bad rows, bad teacher output) are never exceptions that escape a shard: they become
 rejected records with a `reject_reason`. Retry decisions (later issues) are made by exception type only.
+The REST service maps this tree to HTTP statuses in one function, `api/errors.py:error_response`.
 """
 
 from __future__ import annotations
@@ -106,6 +110,18 @@ class StorageError(StepwiseError):
 
 class JobConflictError(StorageError):
     """The job id already holds records produced from a different job spec."""
+
+
+class JobNotFoundError(StorageError):
+    """No job with that id in the corpus."""
+
+
+class JobStateError(StepwiseError):
+    """The job is not in a state that allows this (e.g. resuming a job that is still running)."""
+
+
+class AuthError(StepwiseError):
+    """A REST request lacks the right bearer token. The message never holds a token."""
 
 
 class QueryError(StepwiseError):

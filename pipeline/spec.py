@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -280,13 +281,19 @@ TEACHER_BACKENDS = ("replay", "openai", "vllm", "openai_batch")
 
 
 def _problems(exc: ValidationError) -> list[tuple[str, str]]:
-    """(dotted field as written in the job file, message) for each error.
+    """(dotted field as written in the job file, message) for each error of a JobSpec validation."""
+    return field_problems(exc.errors())
+
+
+def field_problems(errors: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """(dotted field as written in the job file, message) for each pydantic error dict of a JobSpec
+    (the REST service passes its request-body errors here with the leading `body` removed).
 
     pydantic puts the discriminator's tag into the location of a tagged union (`teacher.replay.path`);
     a job file has no such key, so the tag is dropped and tag errors are reported under `teacher.backend`.
     """
     out = []
-    for err in exc.errors():
+    for err in errors:
         loc = [str(p) for p in err["loc"]]
         msg = err["msg"].removeprefix("Value error, ")
         if loc[:1] == ["teacher"]:

@@ -1,0 +1,28 @@
+"""The FastAPI application: `create_app(corpus, token)`. OpenAPI at /openapi.json, docs at /docs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from api import errors
+from api.routes import health, jobs, query
+from pipeline.service import JobService
+from storage.location import CorpusLocation
+
+
+def create_app(corpus: str | Path | CorpusLocation, token: str | None,
+               state_dir: str | Path | None = None) -> FastAPI:
+    """The service over one corpus. `token` None or empty: no auth (serve it on loopback only)."""
+    app = FastAPI(title="stepwise", version="0.1.0",
+                  description="Submit rationale-generation jobs, watch, cancel and resume them, query the corpus "
+                              "read-only and download exports. Every endpoint but /healthz needs "
+                              "`Authorization: Bearer <STEPWISE_API_TOKEN>`.")
+    app.state.service = JobService(corpus, state_dir)
+    app.state.token = token or None
+    errors.install(app)
+    app.include_router(health.router)
+    app.include_router(jobs.router)
+    app.include_router(query.router)
+    return app

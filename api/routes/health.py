@@ -1,0 +1,15 @@
+"""Liveness: no auth, no corpus access."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from api.schemas import Health
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health)
+def healthz() -> Health:
+    """The process answers."""
+    return Health()

@@ -1,0 +1,109 @@
+"""Jobs: submit, list, watch, cancel, resume, page through records, export. Jobs run in their own processes
+(`pipeline.service.JobService`); no handler runs one."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+from fastapi.responses import FileResponse
+from starlette.background import BackgroundTask
+
+from api.deps import Authorized, Corpus, JobId, Service
+from api.encode import json_safe
+from api.errors import errors
+from api.schemas import JobAccepted, JobCreated, JobList, JobStatus, JobView, RecordPage
+from pipeline import service as svc
+from pipeline.spec import JobSpec, parse_job
+from storage.catalog import query as run_query
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Authorized])
+
+_MEDIA = {"parquet": ("application/vnd.apache.parquet", "parquet")}
+_JSONL = ("application/x-ndjson", "jsonl")
+
+
+def _view(view: svc.JobView) -> JobView:
+    s = view.state
+    return JobView(
+        job_id=s.job_id, status=s.status, progress=(s.shards_done / s.n_shards) if s.n_shards else 0.0,
+        n_shards=s.n_shards, shards_done=s.shards_done, n_examples=s.n_examples, n_records=s.n_records,
+        n_accepted=s.n_accepted, n_rejected=s.n_rejected, tokens_in=s.tokens_in, tokens_out=s.tokens_out,
+        cost_usd=s.cost_usd, task=s.task, prompt_id=s.prompt_id, teacher_backend=s.teacher_backend,
+        teacher_model=s.teacher_model, error=s.error, created_at=s.created_at, updated_at=s.updated_at)
+
+
+@router.post("", status_code=202, response_model=JobCreated, responses=errors(409))
+def submit_job(spec: JobSpec, service: Service) -> JobCreated:
+    """Start a job (the schema of a job file); it runs in its own process and outlives this server."""
+    # once more through parse_job: the default job id, and relative paths read from the server's folder
+    spec = parse_job(spec.model_dump(mode="json"), source="request body", base_dir=Path.cwd(),
+                     default_job_id="job")
+    return JobCreated(job_id=service.submit(spec))
+
+
+@router.get("", response_model=JobList, responses=errors())
+def list_jobs(service: Service, limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+              offset: Annotated[int, Query(ge=0)] = 0, status: JobStatus | None = None) -> JobList:
+    """Jobs, newest first, optionally of one status."""
+    views = [v for v in service.list() if status is None or v.state.status == status]
+    return JobList(items=[_view(v) for v in views[offset:offset + limit]], total=len(views), limit=limit,
+                   offset=offset)
+
+
+@router.get("/{job_id}", response_model=JobView, responses=errors(404))
+def get_job(job_id: JobId, service: Service) -> JobView:
+    """Status, progress and counters of one job (live while it runs)."""
+    return _view(service.get(job_id))
+
+
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobAccepted, responses=errors(404, 409))
+def cancel_job(job_id: JobId, service: Service) -> JobAccepted:
+    """Ask a running job to stop; finished shards are kept and it can be resumed."""
+    service.cancel(job_id)
+    return JobAccepted(job_id=job_id, action="cancel")
+
+
+@router.post("/{job_id}/resume", status_code=202, response_model=JobAccepted, responses=errors(404, 409))
+def resume_job(job_id: JobId, service: Service) -> JobAccepted:
+    """Start a cancelled, failed, interrupted or budget-stopped job again; finished shards are skipped."""
+    service.resume(job_id)
+    return JobAccepted(job_id=job_id, action="resume")
+
+
+@router.get("/{job_id}/records", response_model=RecordPage, responses=errors(404))
+def list_records(job_id: JobId, service: Service, corpus: Corpus, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                 offset: Annotated[int, Query(ge=0, le=100_000_000)] = 0, accepted: bool | None = None) -> RecordPage:
+    """A job's records in (example_id, sample_idx) order, optionally only accepted or only rejected ones."""
+    service.get(job_id)  # 404 for an unknown job
+    where = f"job_id = '{job_id}'"  # JobId allows only letters, digits, '.', '_' and '-'
+    if accepted is not None:
+        where += f" AND accepted = {'true' if accepted else 'false'}"
+    total = run_query(corpus, f"SELECT count(*) AS n FROM records WHERE {where}").column("n")[0].as_py()
+    table = run_query(corpus, f"SELECT * FROM records WHERE {where} ORDER BY example_id, sample_idx "
+                              f"LIMIT {limit} OFFSET {offset}", max_rows=limit)
+    return RecordPage(items=json_safe(table.to_pylist()), total=total, limit=limit, offset=offset)
+
+
+@router.get("/{job_id}/export", response_class=FileResponse, responses={
+    **errors(404), 200: {"description": "the export file", "content": {"application/vnd.apache.parquet": {},
+                                                                        "application/x-ndjson": {}}}})
+def export(job_id: JobId, service: Service, corpus: Corpus,
+           format: Literal["dsbs", "finetune_cot", "chat", "parquet"] = "parquet") -> FileResponse:
+    """A job's accepted records as a student-training file, streamed (dsbs, finetune_cot, chat: JSONL)."""
+    from pipeline.exports import export_job
+
+    service.get(job_id)
+    media, ext = _MEDIA.get(format, _JSONL)
+    folder = tempfile.mkdtemp(prefix="stepwise-export-")
+    try:
+        path = Path(folder) / f"{job_id}.{format}.{ext}"
+        export_job(corpus.address, job_id, format, path)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return FileResponse(path, media_type=media, filename=path.name,
+                        background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))
