@@ -113,3 +113,33 @@ def s3(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> S3:
     bucket = f"stepwise-{uuid.uuid4().hex[:12]}"
     pafs.S3FileSystem(endpoint_override=s3_server, scheme="http", allow_bucket_creation=True).create_dir(bucket)
     return S3(s3_server, bucket)
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """Terminate a helper process (a server, a simulator), killing it if it does not go."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+def sigkill_when(proc: subprocess.Popen, ready, *, what: str, timeout: float = 30) -> None:
+    """Poll `ready()` until true, then SIGKILL `proc`; fail if it ends first or `what` does not happen in time."""
+    import os
+    import signal
+    import time
+
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            assert proc.poll() is None, f"the job ended before it was killed (exit {proc.returncode})"
+            assert time.monotonic() < deadline, what
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import stop_process
 from tests.pipeline.teachers.conftest import start_sim  # noqa: F401  (the simulator fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,14 +112,7 @@ def start_server(corpus: Path, log: Path, token: str | None = TOKEN, *flags: str
         time.sleep(0.05)
 
 
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+stop = stop_process  # the shared teardown, under the name these tests use
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import stop_process
+
 ROOT = Path(__file__).resolve().parents[3]
 
 
@@ -73,11 +75,5 @@ def start_sim(tmp_path: Path) -> Iterator[SimFactory]:
 
     yield start
     for proc, out in started:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        stop_process(proc, timeout=5)
         out.close()

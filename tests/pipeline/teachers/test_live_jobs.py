@@ -7,7 +7,6 @@ problem's gold answer. Counts come from the corpus (DuckDB views) and from the s
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ import pytest
 import yaml
 
 from storage.catalog import query
-from tests.conftest import write_jsonl
+from tests.conftest import sigkill_when, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[3]
 FAST = ("--latency", "0.05", "--wrong-rate", "0")
@@ -142,17 +141,7 @@ def test_a_job_killed_half_way_resumes_without_duplicates_or_repaying(start_sim,
     corpus = tmp_path / "corpus"
     proc = subprocess.Popen(cli_args(job, corpus, sim), cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while sim.stats()["completed"] < n // 2:
-            assert proc.poll() is None, f"the job ended before it was killed (exit {proc.returncode})"
-            assert time.monotonic() < deadline, "the job made no progress"
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-        assert proc.wait(timeout=10) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    sigkill_when(proc, lambda: sim.stats()["completed"] >= n // 2, what="the job made no progress")
     at_kill = sim.stats()
     assert n // 2 <= at_kill["completed"] < n
 

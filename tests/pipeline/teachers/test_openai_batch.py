@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ from pipeline.teachers.openai_batch import BatchLedger, OpenAIBatchBackend
 from pipeline.teachers.transport import chat_body
 from pipeline.types import Completion, Sampling, TeacherRequest
 from storage.catalog import query
-from tests.conftest import write_jsonl
+from tests.conftest import sigkill_when, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[3]
 MODEL = "stepwise-sim"
@@ -373,17 +372,7 @@ def test_a_batch_job_killed_between_submission_and_completion_resumes_without_su
             "--set", f"teacher.base_url={sim.base_url}"]
 
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while sim.stats()["batches_created"] < 1:
-            assert proc.poll() is None, f"the job ended before it was killed (exit {proc.returncode})"
-            assert time.monotonic() < deadline, "the job submitted no batch"
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-        assert proc.wait(timeout=10) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    sigkill_when(proc, lambda: sim.stats()["batches_created"] >= 1, what="the job submitted no batch")
     assert sim.stats()["completed"] == 0  # killed before the batch completed
 
     again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=60,
