@@ -4,13 +4,17 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 CORPUS ?= corpus
+# the student trainer's torch: the CPU build, installed by name before the `train` extra so that pip never reaches
+# for a newer CUDA build (on a GPU machine: make TORCH='torch==2.13.0 --index-url <your CUDA wheel index>')
+TORCH  ?= torch==2.13.0
 
 .PHONY: demo demo-replay test install bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,ray]'
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e '.[test,ray,train]'
 	@touch $(STAMP)
 
 install: $(STAMP)
