@@ -7,7 +7,8 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from api import errors
-from api.routes import health, jobs, query
+from api.metrics import MetricsMiddleware, ServiceMetrics
+from api.routes import health, jobs, metrics, query
 from pipeline.service import JobService
 from storage.location import CorpusLocation
 
@@ -21,8 +22,9 @@ def create_app(corpus: str | Path | CorpusLocation, token: str | None,
                               "`Authorization: Bearer <STEPWISE_API_TOKEN>`.")
     app.state.service = JobService(corpus, state_dir)
     app.state.token = token or None
+    app.state.metrics = ServiceMetrics(app.state.service)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     errors.install(app)
-    app.include_router(health.router)
-    app.include_router(jobs.router)
-    app.include_router(query.router)
+    for router in (health.router, jobs.router, query.router, metrics.router):
+        app.include_router(router)
     return app

@@ -79,6 +79,8 @@ def error_response(request: Request, exc: Exception) -> JSONResponse:
     elif isinstance(exc, StepwiseError):
         status = next((code for cls, code in _STATUS if isinstance(exc, cls)), 500)
         kind, message, field = type(exc).__name__, str(exc), getattr(exc, "field", None)
+        if isinstance(exc, QueryError):
+            field = field or "sql"  # the query endpoints' one field a query error can blame
         if isinstance(exc, AuthError):
             headers = {"WWW-Authenticate": "Bearer"}
         if status == 500:

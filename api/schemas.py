@@ -8,6 +8,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from pipeline import service
+
+PARQUET = "application/vnd.apache.parquet"  # the media type of every Parquet download
+
 JobStatus = Literal["starting", "running", "completed", "failed", "cancelled", "budget_exhausted", "interrupted"]
 
 
@@ -35,11 +39,37 @@ class JobAccepted(BaseModel):
     action: Literal["cancel", "resume"]
 
 
+class RunProgress(BaseModel):
+    """The current (or last) run of a job, from the heartbeat its process writes every second."""
+
+    started_at: datetime = Field(description="when this run started (a resume starts a new run)")
+    updated_at: datetime = Field(description="the heartbeat's time: old while running means the process hangs")
+    finished: bool
+    live: bool = Field(description="counted per teacher request (a live teacher on the local executor) rather "
+                                   "than per shard")
+    requests_total: int = Field(description="requests this run has to make (shards finished earlier excluded)")
+    requests_done: int
+    cached: int = Field(description="requests answered from the request cache (not paid again)")
+    shards_total: int
+    shards_skipped: int = Field(description="shards finished by an earlier run")
+    shards_done: int = Field(description="shards this run finished")
+    requests_per_s: float | None = Field(description="over the last 30 s; the run's average once finished")
+    shards_per_s: float | None
+
+
+class TeacherError(BaseModel):
+    at: datetime
+    example_id: str | None
+    sample_idx: int | None
+    message: str
+
+
 class JobView(BaseModel):
     job_id: str
     status: JobStatus = Field(description="`interrupted`: the registry says running but its process is gone "
                                           "(resume it); `starting`: submitted, not yet running")
-    progress: float = Field(description="finished shards / shards, 0..1")
+    progress: float = Field(description="share of the job done, 0..1: finished shards, plus requests done inside "
+                                        "unfinished shards while a live teacher runs")
     n_shards: int
     shards_done: int
     n_examples: int
@@ -54,6 +84,31 @@ class JobView(BaseModel):
     teacher_backend: str | None = None
     teacher_model: str | None = None
     error: str | None = Field(None, description="why it stopped, or the tail of its log when it never started")
+    teacher_accuracy: float | None = Field(None, description="share of records with a gold label whose label "
+                                                             "is correct")
+    reject_reasons: dict[str, int] = Field({}, description="rejected records by reason")
+    eta_s: float | None = Field(None, description="seconds left at the current rate, while running")
+    run: RunProgress | None = Field(None, description="throughput of the current or last run; None for a job "
+                                                      "that has not started")
+    last_errors: list[TeacherError] = Field([], description="the last requests the teacher refused, newest last")
+
+    @classmethod
+    def of(cls, view: service.JobView) -> JobView:
+        """The service's view of a job as the API reports it."""
+        s, beat = view.state, view.heartbeat
+        progress = (s.shards_done / s.n_shards) if s.n_shards else 0.0
+        running = s.status == "running" and beat is not None and not beat.finished
+        if running:
+            progress = max(progress, beat.fraction)
+        return cls(
+            job_id=s.job_id, status=s.status, progress=progress, n_shards=s.n_shards, shards_done=s.shards_done,
+            n_examples=s.n_examples, n_records=s.n_records, n_accepted=s.n_accepted, n_rejected=s.n_rejected,
+            tokens_in=s.tokens_in, tokens_out=s.tokens_out, cost_usd=s.cost_usd, task=s.task,
+            prompt_id=s.prompt_id, teacher_backend=s.teacher_backend, teacher_model=s.teacher_model, error=s.error,
+            created_at=s.created_at, updated_at=s.updated_at, teacher_accuracy=view.teacher_accuracy,
+            reject_reasons=view.reject_reasons, eta_s=beat.eta_s if running else None,
+            run=RunProgress.model_validate(beat.model_dump()) if beat is not None else None,
+            last_errors=[TeacherError.model_validate(e.model_dump()) for e in beat.last_errors] if beat else [])
     created_at: datetime
     updated_at: datetime
 
@@ -76,6 +131,12 @@ class QueryRequest(BaseModel):
     sql: str = Field(min_length=1, max_length=100_000, description="one read-only SELECT over `records` / `jobs`")
     max_rows: int = Field(1000, ge=1, le=100_000)
     timeout_s: float = Field(30.0, gt=0, le=300)
+
+
+class QueryDownload(BaseModel):
+    sql: str = Field(min_length=1, max_length=100_000, description="one read-only SELECT over `records` / `jobs`")
+    max_rows: int = Field(10_000_000, ge=1, le=100_000_000)
+    timeout_s: float = Field(300.0, gt=0, le=3600)
 
 
 class QueryResult(BaseModel):

@@ -121,7 +121,8 @@ def ensure_ray(spec: ExecutorSpec) -> None:
     address = spec.address or os.environ.get("RAY_ADDRESS") or None
     kwargs: dict[str, Any] = {"address": address, "log_to_driver": False, "configure_logging": False}
     if address is None:  # a local instance for this job: sized to the workers, without the dashboard
-        kwargs.update(num_cpus=max(os.cpu_count() or 1, int(spec.workers * spec.num_cpus) + 1),
+        # "local", not None: None would join whatever cluster `ray start` last left on this machine
+        kwargs.update(address="local", num_cpus=max(os.cpu_count() or 1, int(spec.workers * spec.num_cpus) + 1),
                       include_dashboard=False)
     # workers import our packages from the same source tree as the driver
     kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(

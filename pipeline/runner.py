@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from pipeline.datasets import read_examples
 from pipeline.errors import JobConflictError, StepwiseError
+from pipeline.heartbeat import HeartbeatWriter
 from pipeline.parsing import parse_completion
 from pipeline.spec import JobSpec
 from pipeline.tasks import Task, build_task
@@ -299,21 +300,22 @@ def run_job(spec: JobSpec, root: str | Path, *, items: Sequence[Item] | None = N
         corpus.remove_stale_temp_files("records", job_id)
         finished = done_shards(corpus, job_id)
         todo = [i for i in range(len(shards)) if shard_name(i) not in finished]
-        if progress:
+        # the heartbeat file (live rate, ETA, last errors for the REST service) sees every event first
+        with HeartbeatWriter(corpus, job_id, inner=progress) as beat:
             n_requests = sum(1 for i in todo for it in shards[i] if isinstance(it, Example)) * spec.sampling.n
             per_request = ctx.backend.backend != "replay" and spec.executor.kind == "local"
-            progress.start(n_requests, len(shards), per_request)
+            beat.start(n_requests, len(shards), per_request)
             for i in sorted(set(range(len(shards))) - set(todo)):
-                progress.shard_done(ShardResult(i, skipped=True))
+                beat.shard_done(ShardResult(i, skipped=True))
             if per_request:
-                ctx.backend.events = progress.completion
-        try:
-            status, message, teacher = executor.run(ctx, shards, todo, corpus, progress,
-                                                    lambda: registry.cancel_requested(job_id))
-        except BaseException as exc:
-            status = "cancelled" if isinstance(exc, KeyboardInterrupt) else "failed"
-            registry.save(replace(state, status=status, error=f"{type(exc).__name__}: {exc}"[:2000]))
-            raise
+                ctx.backend.events = beat.completion
+            try:
+                status, message, teacher = executor.run(ctx, shards, todo, corpus, beat,
+                                                        lambda: registry.cancel_requested(job_id))
+            except BaseException as exc:
+                status = "cancelled" if isinstance(exc, KeyboardInterrupt) else "failed"
+                registry.save(replace(state, status=status, error=f"{type(exc).__name__}: {exc}"[:2000]))
+                raise
     finally:
         if owns_backend:
             ctx.backend.close()

@@ -22,14 +22,19 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.errors import JobConflictError, JobNotFoundError, JobSpecError, JobStateError, StorageError
+from pipeline.heartbeat import Heartbeat, read_heartbeat
 from pipeline.spec import JobSpec
 from storage.jobs import JobRegistry, JobState, check_job_id
 from storage.location import CorpusLocation
+
+if TYPE_CHECKING:
+    from pipeline.runner import JobSummary
 
 # statuses a job can be resumed from: everything but running (and starting) or completed
 RESUMABLE = frozenset({"cancelled", "failed", "budget_exhausted", "interrupted"})
@@ -39,11 +44,15 @@ _PRIVATE_ENV = ("STEPWISE_API_TOKEN",)
 
 @dataclass(frozen=True)
 class JobView:
-    """A registry row as the service reports it: the status corrected by whether its process lives, and live
-    counters (read from the part files) while it runs."""
+    """A registry row as the service reports it: the status corrected by whether its process lives, counters
+    read from the part files while it runs, the reject reasons, and the job's heartbeat (rate, ETA, last errors)
+    when it has one."""
 
     state: JobState
     alive: bool
+    reject_reasons: dict[str, int] = field(default_factory=dict)
+    teacher_accuracy: float | None = None
+    heartbeat: Heartbeat | None = None
 
 
 class JobService:
@@ -63,6 +72,9 @@ class JobService:
         self.registry = JobRegistry(self.corpus)
         self._children: dict[str, subprocess.Popen] = {}  # processes this API process started (to reap them)
         self._lock = threading.Lock()
+        # job id -> (its part files and registry row time, their summary): part files never change once written,
+        # and an --overwrite rewrites the row first, so this key only repeats for the same data
+        self._summaries: dict[str, tuple[tuple, JobSummary]] = {}
 
     # ── files ──────────────────────────────────────────────────────────────────────────────────────────────
 
@@ -81,10 +93,10 @@ class JobService:
         """Write the spec and start the job; 409 (JobConflictError) when the id is taken."""
         job_id = spec.job_id
         assert job_id, "parse_job gives every spec a job id"
-        for field, path in (("dataset.path", spec.dataset.path), ("teacher.path", getattr(spec.teacher, "path", None)),
-                            ("prompt.path", spec.prompt.path)):
+        for name, path in (("dataset.path", spec.dataset.path), ("teacher.path", getattr(spec.teacher, "path", None)),
+                           ("prompt.path", spec.prompt.path)):
             if path is not None and not Path(path).is_file():
-                raise JobSpecError(f"{field}: no such file on the server: {path}", field=field)
+                raise JobSpecError(f"{name}: no such file on the server: {path}", field=name)
         with self._lock:
             if self.registry.get(job_id) is not None:
                 raise JobConflictError(f"job {job_id!r} already exists; resume it with POST /v1/jobs/{job_id}/resume "
@@ -177,17 +189,22 @@ class JobService:
             if not alive:
                 state = replace(state, error=self._log_tail(job_id))
             return JobView(state, alive)
+        summary, n_parts = self._summary(state)
         if state.status == "running":
             if not alive:
                 state = replace(state, status="interrupted",
                                 error=state.error or "the job's process is gone; resume it to continue")
-            else:
-                state = self._live_counters(state)
-        return JobView(state, alive)
+            else:  # the row holds the counters of the start; the part files hold the truth
+                state = replace(state, shards_done=n_parts, n_records=summary.n_records,
+                                n_accepted=summary.n_accepted, n_rejected=summary.n_rejected,
+                                tokens_in=summary.tokens_in, tokens_out=summary.tokens_out,
+                                cost_usd=summary.cost_usd)
+        accuracy = summary.n_correct / summary.n_with_gold if summary.n_with_gold else None
+        return JobView(state, alive, summary.reject_reasons, accuracy, read_heartbeat(self.corpus, job_id))
 
     def list(self) -> list[JobView]:
         """Every job: registry rows and submitted specs, newest first."""
-        ids = {Path(p).name.removesuffix(".parquet") for p in self.corpus.list_files("jobs")}
+        ids = {Path(p).name.removesuffix(".parquet") for p in self.corpus.list_files("jobs", suffix=".parquet")}
         ids |= {p.name.removesuffix(".spec.json") for p in self.state_dir.glob("*.spec.json")}
         views = []
         for job_id in ids:
@@ -198,14 +215,18 @@ class JobService:
         views.sort(key=lambda v: (v.state.created_at, v.state.job_id), reverse=True)
         return views
 
-    def _live_counters(self, state: JobState) -> JobState:
-        """While a job runs its row holds the counters of the start; the part files hold the truth."""
-        from pipeline.runner import summarize
+    def _summary(self, state: JobState) -> tuple[JobSummary, int]:
+        """The job's counters from its part files and how many there are; summarised again only when the files
+        or the row changed."""
+        from pipeline.runner import summarize  # the runner pulls in the teachers: only when a job is read
 
-        files = self.corpus.list_files("records", state.job_id)
-        s = summarize(self.corpus, state.job_id)
-        return replace(state, shards_done=len(files), n_records=s.n_records, n_accepted=s.n_accepted,
-                       n_rejected=s.n_rejected, tokens_in=s.tokens_in, tokens_out=s.tokens_out, cost_usd=s.cost_usd)
+        files = tuple(self.corpus.list_files("records", state.job_id))
+        key = (files, state.updated_at)
+        cached = self._summaries.get(state.job_id)
+        if cached is None or cached[0] != key:
+            cached = (key, summarize(self.corpus, state.job_id))
+            self._summaries[state.job_id] = cached
+        return cached[1], len(files)
 
     def _log_tail(self, job_id: str, chars: int = 2000) -> str | None:
         try:

@@ -13,11 +13,14 @@ same, and nothing is downloaded or installed.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from pipeline.errors import QueryError, QueryRefusedError
 from storage.location import CorpusLocation
@@ -98,12 +101,38 @@ def check_read_only(sql: str) -> str:
 
 def query(root: str | Path, sql: str, *, max_rows: int = 100_000, timeout_s: float = 30.0) -> pa.Table:
     """Run one read-only query over the corpus views; at most `max_rows` rows come back."""
-    statement = check_read_only(sql)
+    with _sandboxed(root, timeout_s) as con:
+        return con.sql(check_read_only(sql)).limit(max_rows).to_arrow_table()
+
+
+def query_to_parquet(root: str | Path, sql: str, path: str | Path, *, max_rows: int = 10_000_000,
+                     timeout_s: float = 300.0, batch_rows: int = 65_536) -> tuple[int, bool]:
+    """Stream one read-only query's result into a Parquet file (zstd), batch by batch, so a large result is never
+    held in memory whole. Returns (rows written, whether more rows matched than `max_rows`)."""
+    written, truncated = 0, False
+    with _sandboxed(root, timeout_s) as con:
+        rel = con.sql(check_read_only(sql)).limit(max_rows + 1)
+        reader = rel.to_arrow_reader(batch_rows) if hasattr(rel, "to_arrow_reader") else \
+            rel.fetch_arrow_reader(batch_rows)
+        with pq.ParquetWriter(path, reader.schema, compression="zstd") as writer:
+            for batch in reader:
+                take = min(batch.num_rows, max_rows - written)
+                if take < batch.num_rows:
+                    truncated = True
+                if take:
+                    writer.write_batch(batch.slice(0, take))
+                    written += take
+    return written, truncated
+
+
+@contextmanager
+def _sandboxed(root: str | Path, timeout_s: float) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A sandboxed connection whose work is interrupted after `timeout_s`; DuckDB errors become QueryErrors."""
     con = connect(root)
     timer = threading.Timer(timeout_s, con.interrupt)
     timer.start()
     try:
-        return con.sql(statement).limit(max_rows).to_arrow_table()
+        yield con
     except duckdb.InterruptException:
         raise QueryError(f"query took longer than {timeout_s:g} s and was stopped") from None
     except duckdb.PermissionException as exc:

@@ -16,6 +16,7 @@ is written to a hidden temp name and moved into place.
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from pathlib import Path
@@ -118,6 +119,21 @@ class CorpusLocation:
                 found.append(info.path)
         return sorted(found)
 
+    def read_bytes(self, *parts: str) -> bytes | None:
+        """A small file's bytes, or None when it does not exist."""
+        if self.local is not None:
+            try:
+                return self.local.joinpath(*parts).read_bytes()
+            except FileNotFoundError:
+                return None
+        try:
+            with self.fs.open_input_stream(self.path(*parts)) as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError(f"cannot read {self.path(*parts)} in {self.root}: {exc}") from None
+
     def read_table(self, *parts: str, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
         return pq.read_table(self.path(*parts), schema=schema, columns=columns, filesystem=self.fs)
 
@@ -131,6 +147,17 @@ class CorpusLocation:
         buffer = pa.BufferOutputStream()
         pq.write_table(table, buffer, compression="zstd", use_dictionary=dictionary, row_group_size=ROW_GROUP_SIZE)
         self._put(buffer.getvalue(), *parts)
+
+    def write_bytes(self, data: bytes, *parts: str) -> None:
+        """Write a small file so that readers see either the old or the new whole file."""
+        if self.local is not None:
+            path = self.local.joinpath(*parts)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+            return
+        self._put(data, *parts)
 
     def touch(self, *parts: str) -> None:
         if self.local is not None:

@@ -15,25 +15,14 @@ from starlette.background import BackgroundTask
 from api.deps import Authorized, Corpus, JobId, Service
 from api.encode import json_safe
 from api.errors import errors
-from api.schemas import JobAccepted, JobCreated, JobList, JobStatus, JobView, RecordPage
-from pipeline import service as svc
+from api.schemas import PARQUET, JobAccepted, JobCreated, JobList, JobStatus, JobView, RecordPage
 from pipeline.spec import JobSpec, parse_job
 from storage.catalog import query as run_query
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Authorized])
 
-_MEDIA = {"parquet": ("application/vnd.apache.parquet", "parquet")}
+_MEDIA = {"parquet": (PARQUET, "parquet")}
 _JSONL = ("application/x-ndjson", "jsonl")
-
-
-def _view(view: svc.JobView) -> JobView:
-    s = view.state
-    return JobView(
-        job_id=s.job_id, status=s.status, progress=(s.shards_done / s.n_shards) if s.n_shards else 0.0,
-        n_shards=s.n_shards, shards_done=s.shards_done, n_examples=s.n_examples, n_records=s.n_records,
-        n_accepted=s.n_accepted, n_rejected=s.n_rejected, tokens_in=s.tokens_in, tokens_out=s.tokens_out,
-        cost_usd=s.cost_usd, task=s.task, prompt_id=s.prompt_id, teacher_backend=s.teacher_backend,
-        teacher_model=s.teacher_model, error=s.error, created_at=s.created_at, updated_at=s.updated_at)
 
 
 @router.post("", status_code=202, response_model=JobCreated, responses=errors(409))
@@ -50,14 +39,14 @@ def list_jobs(service: Service, limit: Annotated[int, Query(ge=1, le=1000)] = 50
               offset: Annotated[int, Query(ge=0)] = 0, status: JobStatus | None = None) -> JobList:
     """Jobs, newest first, optionally of one status."""
     views = [v for v in service.list() if status is None or v.state.status == status]
-    return JobList(items=[_view(v) for v in views[offset:offset + limit]], total=len(views), limit=limit,
+    return JobList(items=[JobView.of(v) for v in views[offset:offset + limit]], total=len(views), limit=limit,
                    offset=offset)
 
 
 @router.get("/{job_id}", response_model=JobView, responses=errors(404))
 def get_job(job_id: JobId, service: Service) -> JobView:
     """Status, progress and counters of one job (live while it runs)."""
-    return _view(service.get(job_id))
+    return JobView.of(service.get(job_id))
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobAccepted, responses=errors(404, 409))
@@ -89,7 +78,7 @@ def list_records(job_id: JobId, service: Service, corpus: Corpus, limit: Annotat
 
 
 @router.get("/{job_id}/export", response_class=FileResponse, responses={
-    **errors(404), 200: {"description": "the export file", "content": {"application/vnd.apache.parquet": {},
+    **errors(404), 200: {"description": "the export file", "content": {PARQUET: {},
                                                                         "application/x-ndjson": {}}}})
 def export(job_id: JobId, service: Service, corpus: Corpus,
            format: Literal["dsbs", "finetune_cot", "chat", "parquet"] = "parquet") -> FileResponse:

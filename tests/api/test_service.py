@@ -111,7 +111,8 @@ def test_a_job_submitted_over_http_completes_and_is_queried_paged_and_exported(s
 @pytest.mark.parametrize("method,path", [("GET", "/v1/jobs"), ("GET", "/v1/jobs/x"), ("POST", "/v1/jobs"),
                                          ("POST", "/v1/jobs/x/cancel"), ("POST", "/v1/jobs/x/resume"),
                                          ("GET", "/v1/jobs/x/records"), ("GET", "/v1/jobs/x/export"),
-                                         ("POST", "/v1/query")])
+                                         ("POST", "/v1/query"), ("POST", "/v1/query/parquet"),
+                                         ("GET", "/metrics")])
 @pytest.mark.parametrize("token", [None, "wrong-token", TOKEN + "x", ""])
 def test_every_endpoint_but_healthz_needs_the_token(server, method, path, token):
     reply = server.call(method, path, {} if method == "POST" else None, token=token)
@@ -124,7 +125,8 @@ def test_healthz_and_the_openapi_schema_need_no_token(server):
     assert server.get("/healthz", token=None).json() == {"status": "ok"}
     schema = server.get("/openapi.json", token=None).json()
     assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel", "/v1/jobs/{job_id}/resume",
-            "/v1/jobs/{job_id}/records", "/v1/jobs/{job_id}/export", "/v1/query", "/healthz"} <= set(schema["paths"])
+            "/v1/jobs/{job_id}/records", "/v1/jobs/{job_id}/export", "/v1/query", "/v1/query/parquet", "/metrics",
+            "/healthz"} <= set(schema["paths"])
     assert "JobSpec" in schema["components"]["schemas"]  # POST /v1/jobs takes the job-file schema
     assert schema["paths"]["/v1/jobs/{job_id}"]["get"]["responses"]["404"]["content"]["application/json"][
         "schema"] == {"$ref": "#/components/schemas/ErrorBody"}

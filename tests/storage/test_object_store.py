@@ -11,6 +11,7 @@ import pytest
 from pipeline.cache import cache_path
 from pipeline.errors import JobConflictError, StorageError
 from pipeline.exports import FORMATS, export_job
+from pipeline.heartbeat import read_heartbeat
 from pipeline.runner import run_job
 from pipeline.spec import load_job
 from storage.catalog import query
@@ -43,8 +44,10 @@ def test_a_job_on_s3_gives_the_records_of_a_local_run_and_a_rerun_skips_every_sh
     assert (remote.n_accepted, remote.tokens_in, remote.reject_reasons) == \
         (local.n_accepted, local.tokens_in, local.reject_reasons)
     assert without_time(records(s3.uri())) == without_time(records(tmp_path / "local"))
-    # part files under their final keys (no temp keys), the registry row, and no request cache on the store
-    assert s3.keys() == ["corpus/jobs/kill-test.parquet", *shards(3)]
+    # part files under their final keys (no temp keys), the registry row and the heartbeat, and no request cache
+    assert s3.keys() == ["corpus/jobs/kill-test.parquet", "corpus/jobs/kill-test.progress.json", *shards(3)]
+    beat = read_heartbeat(CorpusLocation.of(s3.uri()), "kill-test")
+    assert beat.finished and (beat.shards_done, beat.records) == (3, 500)
     state = JobRegistry(s3.uri()).get("kill-test")
     assert (state.status, state.shards_done, state.n_records) == ("completed", 3, 500)
 
