@@ -7,6 +7,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from api import errors
+from api.auth import TokenGate
 from api.metrics import MetricsMiddleware, ServiceMetrics
 from api.routes import health, jobs, metrics, query
 from pipeline.service import JobService
@@ -23,6 +24,7 @@ def create_app(corpus: str | Path | CorpusLocation, token: str | None,
     app.state.service = JobService(corpus, state_dir)
     app.state.token = token or None
     app.state.metrics = ServiceMetrics(app.state.service)
+    app.add_middleware(TokenGate, token=app.state.token)  # the last added runs first: metrics count the 401s
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     errors.install(app)
     for router in (health.router, jobs.router, query.router, metrics.router):

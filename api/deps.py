@@ -1,14 +1,15 @@
-"""Dependencies of the routes, as `Annotated` aliases: the corpus, the job runner, and the bearer-token check."""
+"""Dependencies of the routes, as `Annotated` aliases: the corpus, the job runner, the bearer-token check and the
+refusal of undeclared query parameters."""
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from pipeline.errors import AuthError
+from api.auth import check_bearer
 from pipeline.service import JobService
 from storage.location import CorpusLocation
 
@@ -25,17 +26,41 @@ def get_corpus(request: Request) -> CorpusLocation:
 
 def require_token(request: Request,
                   credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
-    """Every endpoint but /healthz: `Authorization: Bearer <STEPWISE_API_TOKEN>`. Without a configured token the
-    server listens on loopback only (see `stepwise serve`) and lets local callers in."""
-    token: str | None = request.app.state.token
-    if not token:
-        return
-    given = credentials.credentials if credentials is not None else ""
-    if not hmac.compare_digest(given.encode(), token.encode()):
-        raise AuthError("missing or wrong bearer token" if given else "this endpoint needs a bearer token")
+    """Every endpoint but /healthz: `Authorization: Bearer <STEPWISE_API_TOKEN>` (`api.auth`). Without a
+    configured token the server listens on loopback only (see `stepwise serve`) and lets local callers in."""
+    del credentials  # declared for OpenAPI's security scheme; the header is read as TokenGate reads it
+    check_bearer(request.app.state.token, request.headers.get("authorization"))
 
+
+def known_query_only(request: Request) -> None:
+    """Strict input: a query parameter the route does not declare is a 422 naming it, so that a typo such as
+    `?acepted=true` never silently returns everything."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    known = _QUERY_NAMES.get(id(route))
+    if known is None:
+        known = _QUERY_NAMES[id(route)] = _query_names(dependant)
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        raise RequestValidationError([{"loc": ("query", name), "type": "extra_forbidden",
+                                       "msg": f"unknown query parameter (this endpoint takes "
+                                              f"{', '.join(sorted(known)) or 'none'})"} for name in unknown])
+
+
+_QUERY_NAMES: dict[int, frozenset[str]] = {}  # id(route) -> names; routes live as long as the app
+
+
+def _query_names(dependant) -> frozenset[str]:
+    """The query parameters a route declares, its dependencies' included."""
+    names = {p.alias for p in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return frozenset(names)
 
 Service = Annotated[JobService, Depends(get_service)]
 Corpus = Annotated[CorpusLocation, Depends(get_corpus)]
 Authorized = Depends(require_token)
+StrictQuery = Depends(known_query_only)
 JobId = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", description="the job's id")]

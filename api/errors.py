@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from api.schemas import ErrorBody, ErrorDetail
 from pipeline.errors import (
@@ -76,6 +77,10 @@ def error_response(request: Request, exc: Exception) -> JSONResponse:
     elif isinstance(exc, StarletteHTTPException):
         status, kind, message = exc.status_code, "http_error", str(exc.detail)
         headers = getattr(exc, "headers", None)
+        if status == 400:  # Starlette's "error parsing the body" (e.g. not UTF-8): like any undecodable JSON
+            status, kind, message = 422, "validation_error", f"the request body cannot be read as JSON: {message}"
+        if status == 405:  # Starlette names only the first route's methods; a path may have a route per method
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
     elif isinstance(exc, StepwiseError):
         status = next((code for cls, code in _STATUS if isinstance(exc, cls)), 500)
         kind, message, field = type(exc).__name__, str(exc), getattr(exc, "field", None)
@@ -90,6 +95,20 @@ def error_response(request: Request, exc: Exception) -> JSONResponse:
         status, kind, message = 500, "internal_error", "internal server error"
     body = ErrorBody(error=ErrorDetail(type=kind, message=message, field=field))
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    def leaves(routes):  # included routers hold their routes under `original_router`
+        for route in routes:
+            inner = getattr(route, "original_router", None)
+            yield from leaves(inner.routes) if inner is not None else (route,)
+
+    methods: set[str] = set()
+    for route in leaves(request.app.router.routes):
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 def install(app: FastAPI) -> None:

@@ -12,14 +12,14 @@ from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
-from api.deps import Authorized, Corpus, JobId, Service
+from api.deps import Authorized, StrictQuery, Corpus, JobId, Service
 from api.encode import json_safe
 from api.errors import errors
 from api.schemas import PARQUET, JobAccepted, JobCreated, JobList, JobStatus, JobView, RecordPage
 from pipeline.spec import JobSpec, parse_job
 from storage.catalog import query as run_query
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Authorized])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Authorized, StrictQuery])
 
 _MEDIA = {"parquet": (PARQUET, "parquet")}
 _JSONL = ("application/x-ndjson", "jsonl")

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from api.deps import Authorized
+from api.deps import Authorized, StrictQuery
 from api.errors import errors
 from api.metrics import CONTENT_TYPE
 
-router = APIRouter(tags=["metrics"], dependencies=[Authorized])
+router = APIRouter(tags=["metrics"], dependencies=[Authorized, StrictQuery])
 
 
 @router.get("/metrics", response_class=Response, responses={

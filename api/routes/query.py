@@ -11,14 +11,14 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
-from api.deps import Authorized, Corpus
+from api.deps import Authorized, StrictQuery, Corpus
 from api.encode import json_safe
 from api.errors import errors
 from api.schemas import PARQUET, QueryDownload, QueryRequest, QueryResult
 from storage.catalog import query as run_query
 from storage.catalog import query_to_parquet
 
-router = APIRouter(prefix="/v1", tags=["query"], dependencies=[Authorized])
+router = APIRouter(prefix="/v1", tags=["query"], dependencies=[Authorized, StrictQuery])
 
 
 @router.post("/query", response_model=QueryResult, responses=errors(400))

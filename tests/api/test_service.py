@@ -121,6 +121,18 @@ def test_every_endpoint_but_healthz_needs_the_token(server, method, path, token)
     assert reply.headers.get("www-authenticate", reply.headers.get("WWW-Authenticate")) == "Bearer"
 
 
+def test_without_the_token_a_malformed_request_learns_nothing_but_401(server):
+    reply = server.call("POST", "/v1/jobs", raw=b"{not json", token=None)
+    assert reply.status == 401 and reply.json()["error"]["type"] == "AuthError"
+    assert server.get("/v1/nowhere?x=1", token=None).status == 401
+
+
+def test_a_wrong_method_names_every_method_the_path_has(server):
+    reply = server.call("DELETE", "/v1/jobs")
+    assert reply.status == 405 and reply.headers["allow"] == "GET, POST"
+    assert reply.json()["error"]["type"] == "http_error"
+
+
 def test_healthz_and_the_openapi_schema_need_no_token(server):
     assert server.get("/healthz", token=None).json() == {"status": "ok"}
     schema = server.get("/openapi.json", token=None).json()
@@ -170,6 +182,10 @@ def test_a_bad_job_body_is_a_422_naming_the_field(server, tmp_path, change, fiel
     ("GET", "/v1/nowhere", None, 404, None),
     ("POST", "/v1/query", b'{"sql": "SELECT 1", "max_rows": 0}', 422, "max_rows"),
     ("POST", "/v1/query", b'{"sql": ""}', 422, "sql"),
+    ("POST", "/v1/query", b'{"sql": "\xff\xfe"}', 422, None),  # not UTF-8
+    ("GET", "/v1/jobs/x/records?acepted=true", None, 422, "query.acepted"),  # a typo is never ignored
+    ("GET", "/v1/jobs?limit=5&page=2", None, 422, "query.page"),
+    ("GET", "/healthz?verbose=1", None, 422, "query.verbose"),
 ])
 def test_bad_requests_get_a_4xx_error_body(server, method, path, raw, status, field):
     reply = server.call(method, path, raw=raw)
