@@ -8,6 +8,7 @@ import os
 import signal
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -207,12 +208,23 @@ def test_bad_requests_get_a_4xx_error_body(server, method, path, raw, status, fi
     "CREATE TABLE t AS SELECT 1",
     "SELECT 1; SELECT 2",
     "SELEKT nonsense",
+    "SELECT * FROM read_parquet('{outside}')",
+    "SELECT * FROM read_parquet('{corpus}/../outside.parquet')",
+    "INSERT INTO records SELECT * FROM records",
+    "EXPORT DATABASE '/tmp/stepwise-api-export'",
+    "LOAD httpfs",
+    "PRAGMA enable_external_access",
 ])
 def test_queries_that_leave_the_sandbox_are_a_400(server, sql):
+    outside = server.corpus.parent / "outside.parquet"  # a real Parquet file beside the corpus, not in it
+    if not outside.exists():
+        pq.write_table(pa.table({"secret": ["do not read me"]}), outside)
+    sql = sql.format(outside=outside, corpus=server.corpus)
     reply = server.post("/v1/query", {"sql": sql})
     assert reply.status == 400, reply.body
     assert reply.json()["error"]["type"] in {"QueryRefusedError", "QueryError"}
-    assert not os.path.exists("/tmp/stepwise-api-escape.csv")
+    assert "do not read me" not in reply.body.decode()
+    assert not os.path.exists("/tmp/stepwise-api-escape.csv") and not os.path.exists("/tmp/stepwise-api-export")
 
 
 def test_query_values_that_json_cannot_hold_still_serialise(server):
