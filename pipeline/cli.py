@@ -1,8 +1,8 @@
-"""`stepwise` command line: run | import | query | export | cancel | demo | serve | sim.
+"""`stepwise` command line: run | import | query | export | train | cancel | demo | serve | sim.
 
-Exit codes: 0 done; 1 the job or command failed (message on stderr); 2 bad usage or an invalid job file
-(the message names the field, and nothing is written); 3 the job's cost budget stopped it, 4 it was
-cancelled (both resumable by running it again).
+Exit codes: 0 done; 1 the job or command failed (message on stderr); 2 bad usage, an invalid job file or an
+invalid `train` flag (the message names the field, and nothing is written); 3 the job's cost budget stopped it,
+4 it was cancelled (both resumable by running it again).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from pipeline.errors import JobSpecError, StepwiseError
+from pipeline.errors import JobSpecError, StepwiseError, TrainConfigError
 from pipeline.runner import JobSummary
 
 CORPUS_HELP = ("corpus root: a folder (default ./corpus) or an object-store URI, "
@@ -206,6 +206,73 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from pipeline.trainer import SweepConfig, TrainConfig, main, sweep
+    from pipeline.trainer.config import parse_fractions, parse_list
+    from pipeline.trainer.sweep import pivot
+
+    modes, sources = parse_list(args.mode, "mode"), parse_list(args.label_source, "label_source")
+    corpus = args.corpus or ("corpus" if args.job else None)
+    base = TrainConfig(
+        out=args.out, export=args.export, corpus=corpus, job=args.job, task=args.task, mode=modes[0],
+        label_source=sources[0], alpha=args.alpha, model=args.model, steps=args.steps, epochs=args.epochs,
+        batch_size=args.batch_size, eval_batch_size=args.eval_batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        max_source_len=args.max_source_len, max_target_len=args.max_target_len, seed=args.seed, split=args.split,
+        split_seed=args.split_seed, device=args.device, threads=args.threads, log_every=args.log_every,
+        save_checkpoint=not args.no_checkpoint, quiet=args.quiet)
+    if args.fractions is None and len(modes) == 1 and len(sources) == 1:
+        m = main(base)
+        print(f"{m['mode']} ({m['label_source']} labels): accuracy {m['accuracy']:.2%} ({m['correct']} / {m['n']} "
+              f"test examples, scored against gold); final loss {m['final_loss']:.4f}; results in {args.out}")
+        return 0
+    fractions = parse_fractions(args.fractions) if args.fractions else (1.0,)
+    rows = sweep(SweepConfig(base, modes, sources, fractions))
+    print(pivot(rows))
+    print(f"table {Path(args.out) / 'sweep.md'}, plot {Path(args.out) / 'sweep.png'}")
+    return 0
+
+
+def _train_parser(sub) -> None:
+    from pipeline.trainer.config import DEVICES, TrainConfig, flag
+
+    tr = sub.add_parser("train", help="train a T5 student on an export or a corpus job and score it (the train "
+                                      "extra); several modes, label sources or --fractions make a sweep")
+
+    def opt(name: str, more: str = "", **kw) -> None:  # flag, default and help text come from TrainConfig
+        help_text = (TrainConfig.help(name) + more).replace("%", "%%")
+        tr.add_argument(flag(name), default=TrainConfig.default(name), help=help_text, **kw)
+
+    opt("export")
+    opt("corpus", " (default ./corpus with --job)")
+    opt("job")
+    opt("task")
+    opt("out", "; a sweep adds sweep.csv, sweep.md, sweep.png", required=True)
+    opt("mode", "; a comma list makes a sweep")
+    opt("label_source", "; a comma list makes a sweep")
+    opt("alpha", type=float)
+    opt("model")
+    opt("steps", type=int)
+    opt("epochs", type=float)
+    opt("batch_size", type=int)
+    opt("eval_batch_size", type=int)
+    opt("lr", type=float)
+    opt("weight_decay", type=float)
+    opt("max_source_len", type=int)
+    opt("max_target_len", type=int)
+    opt("seed", type=int)
+    tr.add_argument("--split", default=",".join(f"{p:g}" for p in TrainConfig.default("split")),
+                    help=TrainConfig.help("split"))
+    opt("split_seed", type=int)
+    tr.add_argument("--fractions", help="data fractions for a sweep, e.g. 0.125,0.25,0.5,1.0 (each mode is trained "
+                                        "at each; nested subsets of the training examples)")
+    opt("device", choices=DEVICES)
+    opt("threads", type=int)
+    opt("log_every", type=int)
+    tr.add_argument("--no-checkpoint", action="store_true", help="do not write checkpoint/ (sweeps of big models)")
+    tr.add_argument("--quiet", action="store_true", help=TrainConfig.help("quiet"))
+    tr.set_defaults(func=cmd_train)
+
+
 def cmd_sim(args: argparse.Namespace) -> int:
     import asyncio
     import os
@@ -314,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--split", help="train,valid,test fractions, e.g. 0.8,0.1,0.1")
     ex.add_argument("--seed", type=int, default=0)
     ex.set_defaults(func=cmd_export)
+    _train_parser(sub)
+
     cancel = sub.add_parser("cancel", help="stop a running job (finished shards are kept; run it again to resume)")
     cancel.add_argument("job")
     cancel.add_argument("--corpus", default="corpus", help=CORPUS_HELP)
@@ -365,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except JobSpecError as exc:
+    except (JobSpecError, TrainConfigError) as exc:
         err.print(f"error: {exc}", markup=False, highlight=False)
         return 2
     except StepwiseError as exc:

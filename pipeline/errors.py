@@ -20,6 +20,10 @@
     │   └── JobNotFoundError      no job with that id in the corpus
     ├── JobStateError             the job cannot do that now (cancel a finished job, resume a running one)
     ├── AuthError                 a REST request without the right bearer token
+    ├── TrainerError              the student trainer cannot run (no training pairs, no gold test examples, a model
+    │   │                         that is not sequence-to-sequence or does not load, CUDA asked for but absent)
+    │   ├── TrainConfigError      a TrainConfig field is invalid (names the field and its CLI flag); CLI exit code 2
+    │   └── MissingExtraError     torch / transformers / matplotlib are not installed: pip install 'stepwise[train]'
     └── QueryError                a SQL query was refused or failed
         └── QueryRefusedError     the query tried to leave the read-only corpus sandbox
 
@@ -122,6 +126,22 @@ class JobStateError(StepwiseError):
 
 class AuthError(StepwiseError):
     """A REST request lacks the right bearer token. The message never holds a token."""
+
+
+class TrainerError(StepwiseError):
+    """The student trainer cannot run: bad data, a model that does not load, a device that is not there."""
+
+
+class TrainConfigError(TrainerError):
+    """A trainer configuration field is invalid; the message names the field and its CLI flag."""
+
+    def __init__(self, message: str, *, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+class MissingExtraError(TrainerError):
+    """An optional dependency is not installed; the message names the extra that brings it."""
 
 
 class QueryError(StepwiseError):

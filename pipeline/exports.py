@@ -32,6 +32,9 @@ from storage.parquet import write_table_atomic
 ExportFormat = Literal["dsbs", "finetune_cot", "chat", "parquet"]
 FORMATS: tuple[str, ...] = ("dsbs", "finetune_cot", "chat", "parquet")
 SPLITS = ("train", "valid", "test")
+# the student formats' markers, shared with the trainer (pipeline/trainer) so a student sees what the exports write
+PREDICT_PREFIX, EXPLAIN_PREFIX = "predict: ", "explain: "
+ARROW = "-->"
 
 EXPORT_SCHEMA = pa.schema([
     ("example_id", pa.string()), ("sample_idx", pa.int32()), ("input", pa.string()), ("rationale", pa.string()),
@@ -72,7 +75,9 @@ def assign_split(example_id: str, split: tuple[float, float, float], seed: int) 
     return "test"
 
 
-def _rows(root: str | Path, job_id: str) -> Iterator[dict]:
+def accepted_records(root: str | Path, job_id: str) -> Iterator[dict]:
+    """A job's accepted records in (example_id, sample_idx) order: example_id, sample_idx, input, rationale,
+    label (the teacher's), gold_label. Shared by the exports and the trainer."""
     con = connect(root)
     try:
         if not con.execute("SELECT count(*) FROM records WHERE job_id = ?", [job_id]).fetchone()[0]:
@@ -92,12 +97,12 @@ def _format_row(fmt: str, r: dict, label: str) -> list[dict]:
     if fmt == "dsbs":
         base = {"example_id": r["example_id"], "sample_idx": r["sample_idx"]}
         return [
-            {**base, "task": "predict", "input": f"predict: {r['input']}", "target": label},
-            {**base, "task": "explain", "input": f"explain: {r['input']}", "target": r["rationale"]},
+            {**base, "task": "predict", "input": f"{PREDICT_PREFIX}{r['input']}", "target": label},
+            {**base, "task": "explain", "input": f"{EXPLAIN_PREFIX}{r['input']}", "target": r["rationale"]},
         ]
     if fmt == "finetune_cot":
         return [{"example_id": r["example_id"], "sample_idx": r["sample_idx"], "prompt": f"{r['input']} ###",
-                 "completion": f" {r['rationale']} --> {label} END"}]
+                 "completion": f" {r['rationale']} {ARROW} {label} END"}]
     if fmt == "chat":
         return [{"messages": [{"role": "user", "content": r["input"]},
                               {"role": "assistant", "content": f"{r['rationale']}\nSo the answer is {label}."}]}]
@@ -128,7 +133,7 @@ def export_job(root: str | Path, job_id: str, fmt: str, out: str | Path, *,
     out = Path(out)  # the corpus may be an object-store URI; the export is a local file or folder
     summary = ExportSummary(path=str(out), format=fmt)
     buckets: dict[str, list[dict]] = {s: [] for s in SPLITS} if split else {"all": []}
-    for r in _rows(root, job_id):
+    for r in accepted_records(root, job_id):
         label = r["gold_label"] if label_source == "gold" else r["label"]
         if label is None:
             summary.skipped_no_gold += 1
