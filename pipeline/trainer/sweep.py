@@ -98,6 +98,8 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.minorticks_off()
     ax.set_xlabel("share of the training data")
     ax.set_ylabel("test accuracy (%)")
+    top = max(100 * r["accuracy"] for r in rows)
+    ax.set_ylim(0, min(100, max(10, top * 1.15)))  # accuracy is never negative; a little room above the best
     ax.set_title(f"Data efficiency ({max(r['n'] for r in rows)} test questions)")
     ax.grid(True, alpha=0.3)
     ax.legend()
