@@ -510,10 +510,13 @@ def _wrong(gold: str, rng: random.Random) -> str:
         return {"yes": "no", "no": "yes"}.get(gold.lower(), "none of them")
 
 
+SIMULATOR = web.AppKey("simulator", Simulator)
+
+
 def build_app(config: SimConfig) -> web.Application:
     sim = Simulator(config)
     app = web.Application(client_max_size=256 * 1024 * 1024)  # batch input files go up to 200 MB
-    app["sim"] = sim
+    app[SIMULATOR] = sim
     app.router.add_post("/v1/chat/completions", sim.chat)
     app.router.add_get("/stats", sim.stats_handler)
     app.router.add_get("/v1/models", sim.models)
