@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/write_throughput.py
 	$(BIN)/python bench/dsbs_accuracy.py
 	$(BIN)/python bench/teacher_throughput.py
+	$(BIN)/python bench/api_load.py
 
 clean:
 	rm -rf $(VENV) $(CORPUS) exports .pytest_cache

@@ -1,5 +1,6 @@
 """Dependencies of the routes, as `Annotated` aliases: the corpus, the job runner, the bearer-token check and the
-refusal of undeclared query parameters."""
+refusal of undeclared query parameters. They do no I/O, so they are `async`: a sync dependency costs a trip
+through the thread pool on every request."""
 
 from __future__ import annotations
 
@@ -16,23 +17,23 @@ from storage.location import CorpusLocation
 _bearer = HTTPBearer(auto_error=False, description="the value of STEPWISE_API_TOKEN")
 
 
-def get_service(request: Request) -> JobService:
+async def get_service(request: Request) -> JobService:
     return request.app.state.service
 
 
-def get_corpus(request: Request) -> CorpusLocation:
+async def get_corpus(request: Request) -> CorpusLocation:
     return request.app.state.service.corpus
 
 
-def require_token(request: Request,
-                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+async def require_token(request: Request,
+                        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
     """Every endpoint but /healthz: `Authorization: Bearer <STEPWISE_API_TOKEN>` (`api.auth`). Without a
     configured token the server listens on loopback only (see `stepwise serve`) and lets local callers in."""
     del credentials  # declared for OpenAPI's security scheme; the header is read as TokenGate reads it
     check_bearer(request.app.state.token, request.headers.get("authorization"))
 
 
-def known_query_only(request: Request) -> None:
+async def known_query_only(request: Request) -> None:
     """Strict input: a query parameter the route does not declare is a 422 naming it, so that a typo such as
     `?acepted=true` never silently returns everything."""
     route = request.scope.get("route")

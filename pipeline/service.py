@@ -75,6 +75,7 @@ class JobService:
         # job id -> (its part files and registry row time, their summary): part files never change once written,
         # and an --overwrite rewrites the row first, so this key only repeats for the same data
         self._summaries: dict[str, tuple[tuple, JobSummary]] = {}
+        self._summary_locks: dict[str, threading.Lock] = {}
 
     # ── files ──────────────────────────────────────────────────────────────────────────────────────────────
 
@@ -224,8 +225,11 @@ class JobService:
         key = (files, state.updated_at)
         cached = self._summaries.get(state.job_id)
         if cached is None or cached[0] != key:
-            cached = (key, summarize(self.corpus, state.job_id))
-            self._summaries[state.job_id] = cached
+            with self._summary_locks.setdefault(state.job_id, threading.Lock()):  # one reader per job, not forty
+                cached = self._summaries.get(state.job_id)
+                if cached is None or cached[0] != key:
+                    cached = (key, summarize(self.corpus, state.job_id))
+                    self._summaries[state.job_id] = cached
         return cached[1], len(files)
 
     def _log_tail(self, job_id: str, chars: int = 2000) -> str | None:

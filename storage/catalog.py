@@ -41,9 +41,12 @@ def _empty_select(schema: pa.Schema) -> str:
     return f"SELECT {cols} WHERE false"
 
 
-def _view_sql(name: str, pattern: Path, schema: pa.Schema) -> str:
+def _has_files(pattern: Path) -> bool:
     folder = pattern.parent.parent if "*" in pattern.parent.name else pattern.parent
-    has_files = any(folder.glob(str(pattern.relative_to(folder))))
+    return any(folder.glob(str(pattern.relative_to(folder))))
+
+
+def _view_sql(name: str, pattern: Path, schema: pa.Schema, has_files: bool) -> str:
     if not has_files:
         return f"CREATE VIEW {name} AS {_empty_select(schema)}"
     cols = ", ".join(f.name for f in schema)
@@ -51,38 +54,72 @@ def _view_sql(name: str, pattern: Path, schema: pa.Schema) -> str:
             f"union_by_name = true)")
 
 
-def _register_remote(con: duckdb.DuckDBPyConnection, name: str, corpus: CorpusLocation, folder: str, depth: int,
-                     schema: pa.Schema) -> None:
-    files = corpus.list_files(folder, depth=depth)
-    if not files:
-        con.execute(f"CREATE VIEW {name} AS {_empty_select(schema)}")
-        return
-    # the explicit schema, never inferred: older part files without a newer column read it as null
-    con.register(f"_{name}_parts", ds.dataset(files, schema=schema, format="parquet", filesystem=corpus.fs))
-    cols = ", ".join(f.name for f in schema)
-    con.execute(f"CREATE VIEW {name} AS SELECT {cols} FROM _{name}_parts")
-
-
-def connect(root: str | Path | CorpusLocation) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with `records` and `jobs` views, sandboxed to the corpus folder."""
-    corpus = CorpusLocation.of(root)
-    con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False,
-                                             "autoload_known_extensions": False})
+def _state(corpus: CorpusLocation) -> tuple:
+    """What a database's views are built from. In a folder the views glob the part files at each query, so only
+    whether there are any matters (DuckDB cannot glob nothing); on an object store the views are over fixed file
+    lists, so the lists themselves."""
     if corpus.local is not None:
         local = corpus.local.resolve()
-        con.execute(_view_sql("records", local / "records" / "*" / "*.parquet", RECORDS_SCHEMA))
-        con.execute(_view_sql("jobs", local / "jobs" / "*.parquet", JOBS_SCHEMA))
+        return (_has_files(local / "records" / "*" / "*.parquet"), _has_files(local / "jobs" / "*.parquet"))
+    return (tuple(corpus.list_files("records", depth=2)), tuple(corpus.list_files("jobs")))
+
+
+def _build(corpus: CorpusLocation, state: tuple) -> tuple[duckdb.DuckDBPyConnection, dict[str, ds.Dataset]]:
+    """An in-memory database with the `records` and `jobs` views and the sandbox settings, and (object stores)
+    the pyarrow datasets the views read, which every connection to the database must register for itself."""
+    con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False,
+                                             "autoload_known_extensions": False})
+    datasets: dict[str, ds.Dataset] = {}
+    if corpus.local is not None:
+        local = corpus.local.resolve()
+        con.execute(_view_sql("records", local / "records" / "*" / "*.parquet", RECORDS_SCHEMA, state[0]))
+        con.execute(_view_sql("jobs", local / "jobs" / "*.parquet", JOBS_SCHEMA, state[1]))
         allowed = [local]
     else:
-        _register_remote(con, "records", corpus, "records", 2, RECORDS_SCHEMA)
-        _register_remote(con, "jobs", corpus, "jobs", 1, JOBS_SCHEMA)
+        for name, files, schema in (("records", state[0], RECORDS_SCHEMA), ("jobs", state[1], JOBS_SCHEMA)):
+            if not files:
+                con.execute(f"CREATE VIEW {name} AS {_empty_select(schema)}")
+                continue
+            # the explicit schema, never inferred: older part files without a newer column read it as null
+            datasets[f"_{name}_parts"] = ds.dataset(list(files), schema=schema, format="parquet",
+                                                    filesystem=corpus.fs)
+            con.register(f"_{name}_parts", datasets[f"_{name}_parts"])
+            con.execute(f"CREATE VIEW {name} AS SELECT {', '.join(schema.names)} FROM _{name}_parts")
         allowed = []  # the views read through pyarrow; DuckDB itself opens no file
     # DuckDB adds its spill folder (./.tmp by default) to the allowed directories: turn spilling off
     con.execute("SET temp_directory = ''")
     con.execute(f"SET allowed_directories = [{', '.join(_sql_str(str(p) + '/') for p in allowed)}]")
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
-    return con
+    return con, datasets
+
+
+def connect(root: str | Path | CorpusLocation) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with `records` and `jobs` views, sandboxed to the corpus folder."""
+    corpus = CorpusLocation.of(root)
+    return _build(corpus, _state(corpus))[0]
+
+
+# One database per corpus for `query` (built once: a new database and its views cost ~30 ms a query), rebuilt
+# when its views' inputs change; each query runs on its own cursor, which shares the catalog and the locked
+# sandbox settings and can be interrupted alone.
+_SHARED: dict[str, tuple[tuple, duckdb.DuckDBPyConnection, dict[str, ds.Dataset]]] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def _cursor(root: str | Path | CorpusLocation) -> duckdb.DuckDBPyConnection:
+    corpus = CorpusLocation.of(root)
+    state = _state(corpus)
+    with _SHARED_LOCK:
+        entry = _SHARED.get(corpus.address)
+        if entry is None or entry[0] != state:
+            # the old database is dropped, not closed: queries still running on its cursors finish
+            entry = _SHARED[corpus.address] = (state, *_build(corpus, state))
+        _, con, datasets = entry
+        cursor = con.cursor()
+    for name, dataset in datasets.items():
+        cursor.register(name, dataset)
+    return cursor
 
 
 def check_read_only(sql: str) -> str:
@@ -128,7 +165,7 @@ def query_to_parquet(root: str | Path, sql: str, path: str | Path, *, max_rows: 
 @contextmanager
 def _sandboxed(root: str | Path, timeout_s: float) -> Iterator[duckdb.DuckDBPyConnection]:
     """A sandboxed connection whose work is interrupted after `timeout_s`; DuckDB errors become QueryErrors."""
-    con = connect(root)
+    con = _cursor(root)
     timer = threading.Timer(timeout_s, con.interrupt)
     timer.start()
     try:

@@ -61,6 +61,7 @@ class JobRegistry:
 
     def __init__(self, root: str | Path | CorpusLocation):
         self.corpus = CorpusLocation.of(root)
+        self._rows: dict[str, tuple[tuple, JobState]] = {}  # job id -> (file identity, row): local corpora
 
     def path(self, job_id: str) -> str:
         return self.corpus.path("jobs", f"{check_job_id(job_id)}.parquet")
@@ -77,10 +78,32 @@ class JobRegistry:
 
     def get(self, job_id: str) -> JobState | None:
         name = f"{check_job_id(job_id)}.parquet"
+        if self.corpus.local is not None:
+            # a row is only ever replaced by renaming a new file over it, so (inode, size, mtime) names its
+            # content: the REST service reads rows far more often than they change
+            try:
+                st = self.corpus.local.joinpath("jobs", name).stat()
+            except FileNotFoundError:
+                return None
+            key = (st.st_ino, st.st_size, st.st_mtime_ns)
+            cached = self._rows.get(job_id)
+            if cached is not None and cached[0] == key:
+                return cached[1]
+            try:
+                state = self._read(job_id, name)
+            except FileNotFoundError:  # removed since the stat
+                return None
+            self._rows[job_id] = (key, state)
+            return state
         if not self.corpus.exists("jobs", name):
             return None
+        return self._read(job_id, name)
+
+    def _read(self, job_id: str, name: str) -> JobState:
         try:
             row = self.corpus.read_table("jobs", name, schema=JOBS_SCHEMA).to_pylist()[0]
+        except FileNotFoundError:
+            raise
         except Exception as exc:  # a corrupt registry row is a storage problem, said plainly
             raise StorageError(f"cannot read job registry row {self.path(job_id)}: {exc}") from None
         return JobState(**row)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from functools import partial
 from pathlib import Path
 
-from fastapi import APIRouter
+import anyio
+from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
@@ -22,9 +24,9 @@ router = APIRouter(prefix="/v1", tags=["query"], dependencies=[Authorized, Stric
 
 
 @router.post("/query", response_model=QueryResult, responses=errors(400))
-def query(body: QueryRequest, corpus: Corpus) -> QueryResult:
+async def query(body: QueryRequest, corpus: Corpus, request: Request) -> QueryResult:
     """One SELECT over `records` and `jobs`; files, writes, ATTACH, INSTALL, SET and PRAGMA are refused (400)."""
-    table = run_query(corpus, body.sql, max_rows=body.max_rows + 1, timeout_s=body.timeout_s)
+    table = await _run(request, run_query, corpus, body.sql, max_rows=body.max_rows + 1, timeout_s=body.timeout_s)
     rows = table.slice(0, body.max_rows).to_pylist()
     return QueryResult(columns=table.column_names, rows=json_safe(rows),
                        truncated=table.num_rows > body.max_rows)
@@ -34,15 +36,22 @@ def query(body: QueryRequest, corpus: Corpus) -> QueryResult:
     **errors(400), 200: {"description": "the result as one Parquet file; `X-Stepwise-Rows` says how many rows it "
                                         "holds and `X-Stepwise-Truncated: true` that more matched than max_rows",
                          "content": {PARQUET: {}}}})
-def query_parquet(body: QueryDownload, corpus: Corpus) -> FileResponse:
+async def query_parquet(body: QueryDownload, corpus: Corpus, request: Request) -> FileResponse:
     """The same sandboxed SELECT, its result streamed into a Parquet file (up to 100 million rows)."""
     folder = tempfile.mkdtemp(prefix="stepwise-query-")
     try:
         path = Path(folder) / "query.parquet"
-        rows, truncated = query_to_parquet(corpus, body.sql, path, max_rows=body.max_rows, timeout_s=body.timeout_s)
+        rows, truncated = await _run(request, query_to_parquet, corpus, body.sql, path, max_rows=body.max_rows,
+                                     timeout_s=body.timeout_s)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
     return FileResponse(path, media_type=PARQUET, filename=path.name,
                         headers={"X-Stepwise-Rows": str(rows), "X-Stepwise-Truncated": str(truncated).lower()},
                         background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))
+
+
+async def _run(request: Request, fn, *args, **kwargs):
+    """Run a query in a worker thread, at most one per core at a time: more would only slow each other down,
+    and the queries waiting for a slot hold no thread, so job views and the rest stay quick."""
+    return await anyio.to_thread.run_sync(partial(fn, *args, **kwargs), limiter=request.app.state.query_slots)

@@ -39,6 +39,7 @@ def shards(n: int, job_id: str = "kill-test") -> list[str]:
 def test_a_job_on_s3_gives_the_records_of_a_local_run_and_a_rerun_skips_every_shard(s3, tmp_path):
     job = make_job(tmp_path, 250, samples=2, shard_size=100)
     local = run_job(load_job(job), tmp_path / "local")
+    assert query(s3.uri(), "SELECT count(*) AS n FROM records").to_pylist() == [{"n": 0}]  # before: empty views
     remote = run_job(load_job(job), s3.uri())
     assert (remote.status, remote.shards_run, remote.n_records) == ("completed", 3, 500)
     assert (remote.n_accepted, remote.tokens_in, remote.reject_reasons) == \

@@ -228,6 +228,52 @@ def test_views_exist_on_an_empty_corpus(tmp_path, layout):
     assert not (layout == "missing_root" and root.exists())  # reading never creates the corpus
 
 
+def test_queries_see_parts_and_jobs_written_after_the_first_query(tmp_path):
+    """`query` keeps one database per corpus: it must still see what is written after it was built."""
+    count = "SELECT (SELECT count(*) FROM records) AS records, (SELECT count(*) FROM jobs) AS jobs"
+    assert query(tmp_path, count).to_pylist() == [{"records": 0, "jobs": 0}]  # built with empty views
+    write_records([record("e1")], tmp_path / "records" / "job-a" / "shard-000000.parquet")
+    assert query(tmp_path, count).to_pylist() == [{"records": 1, "jobs": 0}]
+    JobRegistry(tmp_path).save(JobState(job_id="job-a", status="running", fingerprint="f", spec_json="{}",
+                                        created_at=WHEN, updated_at=WHEN))
+    write_records([record("e2"), record("e3")], tmp_path / "records" / "job-a" / "shard-000001.parquet")
+    assert query(tmp_path, count).to_pylist() == [{"records": 3, "jobs": 1}]
+    # a part file replaced (an --overwrite) is read anew, not from a cache
+    write_records([record("z1", rationale="replaced")], tmp_path / "records" / "job-a" / "shard-000000.parquet")
+    assert query(tmp_path, "SELECT example_id FROM records ORDER BY 1").column("example_id").to_pylist() == \
+        ["e2", "e3", "z1"]
+
+
+def test_concurrent_queries_each_get_their_answer_and_a_timeout_stops_only_its_own(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    write_records([record(f"e{i}") for i in range(50)], tmp_path / "records" / "job-a" / "shard-000000.parquet")
+
+    def one(i: int):
+        if i % 8 == 0:  # a query far too slow for its timeout, among quick ones
+            with pytest.raises(QueryError, match="longer than"):
+                query(tmp_path, "SELECT count(*) FROM range(100000000000) a", timeout_s=0.2)
+            return None
+        return query(tmp_path, f"SELECT count(*) AS n FROM records WHERE example_id <> 'e{i % 50}'").column("n")[0]
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(one, range(40)))
+    assert [a.as_py() for a in answers if a is not None] == [49] * 35
+
+
+def test_the_registry_reads_a_row_again_only_when_it_was_rewritten(tmp_path):
+    registry = JobRegistry(tmp_path)
+    state = registry.save(JobState(job_id="j", status="running", fingerprint="f", spec_json="{}",
+                                   created_at=WHEN, updated_at=WHEN))
+    assert registry.get("j") == state and registry.get("j") is registry.get("j")  # the second read is cached
+    other = JobRegistry(tmp_path)  # another process, in effect
+    for status in ("cancelled", "running", "completed"):
+        saved = other.save(replace(state, status=status))
+        assert registry.get("j") == saved
+    (tmp_path / "jobs" / "j.parquet").unlink()
+    assert registry.get("j") is None
+
+
 def test_records_view_types_and_rows(tmp_path):
     write_records([record("e1"), record("e2", 1, correct=False, accepted=False)],
                   tmp_path / "records" / "job-a" / "shard-000000.parquet")
