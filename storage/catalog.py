@@ -105,6 +105,7 @@ def connect(root: str | Path | CorpusLocation) -> duckdb.DuckDBPyConnection:
 # sandbox settings and can be interrupted alone.
 _SHARED: dict[str, tuple[tuple, duckdb.DuckDBPyConnection, dict[str, ds.Dataset]]] = {}
 _SHARED_LOCK = threading.Lock()
+_SHARED_MAX = 8
 
 
 def _cursor(root: str | Path | CorpusLocation) -> duckdb.DuckDBPyConnection:
@@ -115,6 +116,8 @@ def _cursor(root: str | Path | CorpusLocation) -> duckdb.DuckDBPyConnection:
         if entry is None or entry[0] != state:
             # the old database is dropped, not closed: queries still running on its cursors finish
             entry = _SHARED[corpus.address] = (state, *_build(corpus, state))
+            while len(_SHARED) > _SHARED_MAX:  # a process reading many corpora keeps the latest few
+                _SHARED.pop(next(iter(_SHARED)))
         _, con, datasets = entry
         cursor = con.cursor()
     for name, dataset in datasets.items():
