@@ -149,10 +149,15 @@ def read_export(path: Path, split: tuple[float, float, float], split_seed: int) 
 
 def read_job(root: str, job_id: str, split: tuple[float, float, float], split_seed: int
              ) -> tuple[dict[str, list[Record]], TaskSpec]:
-    """A job's accepted records by split, and its task (the kind the job resolved, with its label set)."""
+    """A job's accepted records by split, and its task (the kind the job resolved, with its label set).
+
+    The test split holds *every* question of the job that falls in it, also those none of whose samples was
+    accepted: with `require_correct` the accepted ones are the questions the teacher got right, and scoring the
+    student only on those would flatter it."""
+    from storage.catalog import query
     from storage.jobs import JobRegistry
 
-    state = JobRegistry(root).get(job_id)
+    state = JobRegistry(root).get(job_id)  # also refuses an unsafe id before it goes into SQL below
     records = [Record(r["example_id"], r["sample_idx"], r["input"], r["rationale"], r["label"], r["gold_label"])
                for r in accepted_records(root, job_id)]
     spec = TaskSpec(kind="auto")
@@ -160,7 +165,13 @@ def read_job(root: str, job_id: str, split: tuple[float, float, float], split_se
         spec = TaskSpec.model_validate(json.loads(state.spec_json)["task"])
         if state.task:
             spec = spec.model_copy(update={"kind": state.task})
-    return split_records(records, split, split_seed), spec
+    splits = split_records(records, split, split_seed)
+    questions = query(root, f"SELECT example_id, any_value(input) AS input, any_value(gold_label) AS gold_label "
+                            f"FROM records WHERE job_id = '{job_id}' AND input IS NOT NULL GROUP BY example_id "
+                            f"ORDER BY example_id", max_rows=1 << 40).to_pylist()
+    splits["test"] = [Record(q["example_id"], 0, q["input"], None, None, q["gold_label"]) for q in questions
+                      if assign_split(q["example_id"], split, split_seed) == "test"]
+    return splits, spec
 
 
 def split_records(records: list[Record], split: tuple[float, float, float], seed: int) -> dict[str, list[Record]]:

@@ -100,6 +100,24 @@ def test_the_real_export_never_leaks_a_question_across_splits(svamp_export: Path
     assert from_file.counts == from_job.counts and sum(from_file.counts.values()) == 198
 
 
+def test_a_jobs_test_split_scores_every_question_also_those_the_teacher_got_wrong(tmp_path: Path):
+    from pipeline.exports import assign_split
+    from pipeline.runner import run_job
+    from pipeline.spec import load_job
+    from tests.pipeline.test_runner import make_job
+
+    # a recorded teacher that is wrong on every fourth question: those are rejected (`incorrect`), so a test
+    # split of accepted records only would hold just the questions it got right
+    job = load_job(make_job(tmp_path, 120))
+    run_job(job, tmp_path / "corpus")
+    data = load_data(TrainConfig(out=str(tmp_path / "out"), corpus=str(tmp_path / "corpus"), job=job.job_id))
+    expected = {f"q{i}" for i in range(120) if assign_split(f"q{i}", (0.8, 0.1, 0.1), 0) == "test"}
+    wrong = {f"q{i}" for i in range(0, 120, 4)}
+    assert {t.example_id for t in data.test} == expected and expected & wrong
+    assert all(t.gold_label for t in data.test)
+    assert not {r.example_id for r in data.train} & wrong  # training keeps accepted records only
+
+
 def test_a_job_without_records_is_an_error(release_corpus: Path, tmp_path: Path):
     from pipeline.errors import StorageError
 
