@@ -2,7 +2,8 @@
 
 Starts the teacher simulator on a free loopback port (answering the demo problems task-aware, with some wrong
 answers and a few injected faults), runs the live job `pipeline/samples/demo/live.yaml` against it over the
-OpenAI protocol, prints a DuckDB summary, writes two exports, and stops the simulator.
+OpenAI protocol, stops the simulator, prints a DuckDB summary, writes two exports and trains a tiny student on
+the corpus (when the `train` extra is installed).
 """
 
 from __future__ import annotations
@@ -57,5 +58,19 @@ def main(corpus: str, out: str, quiet: bool = False) -> int:
         code = cli.main(args + (["--split", split] if split else []))
         if code != 0:
             return code
-    cli.err.print(f"demo done: corpus in {corpus}, exports in {out}")
+    # the loop closed: a tiny student (offline, seconds on a CPU) trains on the corpus in Fine-tune-CoT's format
+    # and is scored with the task's own comparator; it shows the plumbing, not accuracy
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError:
+        cli.err.print("student: skipped (pip install 'stepwise[train]' for the trainer)")
+    else:
+        code = cli.main(["train", "--corpus", corpus, "--job", "demo-live", "--mode", "cot", "--model", "tiny",
+                         "--steps", "30", "--threads", "2", "--out", f"{out}/demo-student", "--quiet"])
+        if code != 0:
+            return code
+        cli.err.print("student: the tiny offline T5 checks the loop, it is not a real student; train one with "
+                      "`stepwise train --model <a T5 folder>` on a GPU")
+    cli.err.print(f"demo done: corpus in {corpus}, exports and the student in {out}")
     return 0

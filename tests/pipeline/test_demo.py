@@ -21,6 +21,9 @@ def test_demo_runs_end_to_end_and_a_second_run_pays_nothing(tmp_path):
     assert len(lines) == rows["ok"] > 0
     assert all(json.loads(line)["completion"].endswith(" END") for line in lines)
     assert sorted(p.name for p in (out / "demo-dsbs").iterdir()) == ["test.jsonl", "train.jsonl", "valid.jsonl"]
+    metrics = json.loads((out / "demo-student" / "metrics.json").read_text())  # the tiny student trained on it
+    assert metrics["mode"] == "cot" and metrics["steps"] == 30 and metrics["n"] >= 1
+    assert metrics["final_loss"] < metrics["first_loss"]
 
     again = stepwise("demo", "--corpus", str(corpus), "--out", str(out), "--quiet")
     assert again.returncode == 0, again.stderr
