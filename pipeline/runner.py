@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -227,13 +227,18 @@ def prepare_context(spec: JobSpec, items: Sequence[Item], *, backend: TeacherBac
 def summarize(root: str | Path | CorpusLocation, job_id: str) -> JobSummary:
     """Counters for a job, read back from its part files (the durable truth)."""
     corpus = CorpusLocation.of(root)
+    return summarize_files(corpus, job_id, corpus.list_files("records", job_id))
+
+
+def summarize_files(corpus: CorpusLocation, job_id: str, files: Sequence[str]) -> JobSummary:
+    """Counters of some of a job's part files. Shards hold whole examples, so the summaries of disjoint sets of
+    part files add up (`merge_summaries`): a reader that saw most files before reads only the new ones."""
     summary = JobSummary(job_id=job_id, status="")
-    files = corpus.list_files("records", job_id)
     if not files:
         return summary
     cols = ["example_id", "accepted", "reject_reason", "correct", "gold_label", "tokens_in", "tokens_out",
             "cost_usd"]
-    table = pq.ParquetDataset(files, filesystem=corpus.fs).read(columns=cols)
+    table = pq.ParquetDataset(list(files), filesystem=corpus.fs).read(columns=cols)
     summary.n_records = table.num_rows
     summary.n_examples = len(pc.unique(table["example_id"]))
     summary.n_accepted = int(pc.sum(table["accepted"]).as_py() or 0)
@@ -246,6 +251,22 @@ def summarize(root: str | Path | CorpusLocation, job_id: str) -> JobSummary:
     reasons = Counter(table["reject_reason"].drop_null().to_pylist())
     summary.reject_reasons = dict(reasons.most_common())
     return summary
+
+
+_ADDITIVE = ("n_examples", "n_records", "n_accepted", "n_rejected", "n_correct", "n_with_gold", "tokens_in",
+             "tokens_out", "cost_usd")
+
+
+def merge_summaries(job_id: str, parts: Iterable[JobSummary]) -> JobSummary:
+    """The summary of the union of disjoint sets of part files."""
+    total = JobSummary(job_id=job_id, status="")
+    reasons: Counter[str] = Counter()
+    for part in parts:
+        for name in _ADDITIVE:
+            setattr(total, name, getattr(total, name) + getattr(part, name))
+        reasons.update(part.reject_reasons)
+    total.reject_reasons = dict(reasons.most_common())
+    return total
 
 
 def write_shard(ctx: JobContext, root: str | Path | CorpusLocation, index: int, items: Sequence[Item]) -> ShardResult:

@@ -72,9 +72,8 @@ class JobService:
         self.registry = JobRegistry(self.corpus)
         self._children: dict[str, subprocess.Popen] = {}  # processes this API process started (to reap them)
         self._lock = threading.Lock()
-        # job id -> (its part files and registry row time, their summary): part files never change once written,
-        # and an --overwrite rewrites the row first, so this key only repeats for the same data
-        self._summaries: dict[str, tuple[tuple, JobSummary]] = {}
+        # job id -> ((its part files, registry row time), the files summed, their summary); see _summary
+        self._summaries: dict[str, tuple[tuple, frozenset[str], JobSummary]] = {}
         self._summary_locks: dict[str, threading.Lock] = {}
 
     # ── files ──────────────────────────────────────────────────────────────────────────────────────────────
@@ -217,20 +216,24 @@ class JobService:
         return views
 
     def _summary(self, state: JobState) -> tuple[JobSummary, int]:
-        """The job's counters from its part files and how many there are; summarised again only when the files
-        or the row changed."""
-        from pipeline.runner import summarize  # the runner pulls in the teachers: only when a job is read
+        """The job's counters from its part files and how many there are. Part files never change once written,
+        so each is read once: a new file adds its own summary, and only a rewritten registry row (an
+        --overwrite) starts again."""
+        from pipeline.runner import merge_summaries, summarize_files  # the runner pulls in the teachers
 
         files = tuple(self.corpus.list_files("records", state.job_id))
         key = (files, state.updated_at)
-        cached = self._summaries.get(state.job_id)
-        if cached is None or cached[0] != key:
-            with self._summary_locks.setdefault(state.job_id, threading.Lock()):  # one reader per job, not forty
-                cached = self._summaries.get(state.job_id)
-                if cached is None or cached[0] != key:
-                    cached = (key, summarize(self.corpus, state.job_id))
-                    self._summaries[state.job_id] = cached
-        return cached[1], len(files)
+        with self._summary_locks.setdefault(state.job_id, threading.Lock()):  # one reader per job, not forty
+            seen, known, total = self._summaries.get(state.job_id, (None, frozenset(), None))
+            if seen != key:
+                if seen is None or seen[1] != state.updated_at or not known <= set(files):
+                    known, total = frozenset(), merge_summaries(state.job_id, ())
+                new = [f for f in files if f not in known]
+                if new:
+                    total = merge_summaries(state.job_id, (total, summarize_files(self.corpus, state.job_id, new)))
+                    known = known | set(new)
+                self._summaries[state.job_id] = (key, known, total)
+        return total, len(files)
 
     def _log_tail(self, job_id: str, chars: int = 2000) -> str | None:
         try:
