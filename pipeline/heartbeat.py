@@ -9,6 +9,7 @@ by hand with `stepwise run` shows up the same way. Losing the file loses nothing
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -20,6 +21,7 @@ from pydantic import BaseModel, Field, ValidationError
 from pipeline.types import Completion
 from storage.location import CorpusLocation
 
+log = logging.getLogger("stepwise.heartbeat")
 WINDOW_S = 30.0  # requests per second are measured over this trailing window
 LAST_ERRORS = 10
 
@@ -148,7 +150,7 @@ class HeartbeatWriter:
     # ── the file ───────────────────────────────────────────────────────────────────────────────────────────
 
     def __enter__(self) -> HeartbeatWriter:
-        self.write()
+        self._write_quietly()
         self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{self.job_id}", daemon=True)
         self._thread.start()
         return self
@@ -157,14 +159,18 @@ class HeartbeatWriter:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        self.write(finished=True)
+        self._write_quietly(finished=True)  # never in place of the job's own outcome or exception
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
-            try:
-                self.write()
-            except Exception:  # noqa: BLE001 - advisory: a failed write must never stop the job
-                pass
+            self._write_quietly()
+
+    def _write_quietly(self, finished: bool = False) -> None:
+        """Advisory: a failed write (a full disk, an object store that hiccups) must never stop or fail the job."""
+        try:
+            self.write(finished)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("job %s: cannot write its heartbeat: %s", self.job_id, exc)
 
     def write(self, finished: bool = False) -> None:
         now = time.monotonic()

@@ -4,6 +4,7 @@ that a broken or missing file is only a missing figure."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -90,3 +91,16 @@ def test_an_unreadable_heartbeat_is_no_heartbeat(tmp_path, content):
     (tmp_path / "jobs" / "j.progress.json").write_bytes(content)
     assert read_heartbeat(CorpusLocation.of(tmp_path), "j") is None
     assert read_heartbeat(CorpusLocation.of(tmp_path), "missing") is None
+
+
+def test_a_heartbeat_that_cannot_be_written_never_fails_the_job(tmp_path, caplog):
+    corpus = CorpusLocation.of(tmp_path)
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "hb.progress.json").mkdir()  # a folder where the file goes: every write fails
+    with pytest.raises(OSError):
+        HeartbeatWriter(corpus, "hb").write()
+    with pytest.raises(KeyError, match="the job's own error"):  # the job's own exception comes through
+        with HeartbeatWriter(corpus, "hb", interval_s=0.05):
+            time.sleep(0.15)  # the thread tries too, and fails quietly
+            raise KeyError("the job's own error")
+    assert caplog.text.count("cannot write its heartbeat") >= 3  # the first write, the thread's, the last
