@@ -154,8 +154,11 @@ class CorpusLocation:
             path = self.local.joinpath(*parts)
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
+            try:
+                tmp.write_bytes(data)
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)  # gone after the rename; left only by a failed write
             return
         self._put(data, *parts)
 

@@ -104,3 +104,4 @@ def test_a_heartbeat_that_cannot_be_written_never_fails_the_job(tmp_path, caplog
             time.sleep(0.15)  # the thread tries too, and fails quietly
             raise KeyError("the job's own error")
     assert caplog.text.count("cannot write its heartbeat") >= 3  # the first write, the thread's, the last
+    assert [p.name for p in (tmp_path / "jobs").iterdir()] == ["hb.progress.json"]  # no temp files left
