@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
-from api.deps import Authorized, StrictQuery, Corpus, JobId, Service
+from api.deps import Authorized, Corpus, JobId, Service, StrictQuery
 from api.encode import json_safe
 from api.errors import errors
 from api.schemas import PARQUET, JobAccepted, JobCreated, JobList, JobStatus, JobView, RecordPage
