@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
-from api.deps import Authorized, StrictQuery, Corpus
+from api.deps import Authorized, Corpus, StrictQuery
 from api.encode import json_safe
 from api.errors import errors
 from api.schemas import PARQUET, QueryDownload, QueryRequest, QueryResult
