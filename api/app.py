@@ -26,7 +26,7 @@ def create_app(corpus: str | Path | CorpusLocation, token: str | None,
     app.state.service = JobService(corpus, state_dir)
     app.state.token = token or None
     app.state.metrics = ServiceMetrics(app.state.service)
-    # queries run one per core at a time (see api/routes/query.py)
+    # corpus reads run one per core at a time (api.deps.in_query_slot)
     app.state.query_slots = anyio.CapacityLimiter(os.cpu_count() or 1)
     app.add_middleware(TokenGate, token=app.state.token)  # the last added runs first: metrics count the 401s
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)

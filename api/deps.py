@@ -4,7 +4,10 @@ through the thread pool on every request."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, TypeVar
+
+import anyio
 
 from fastapi import Depends, Path, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,6 +17,7 @@ from api.auth import check_bearer
 from pipeline.service import JobService
 from storage.location import CorpusLocation
 
+T = TypeVar("T")
 _bearer = HTTPBearer(auto_error=False, description="the value of STEPWISE_API_TOKEN")
 
 
@@ -59,6 +63,13 @@ def _query_names(dependant) -> frozenset[str]:
     for sub in dependant.dependencies:
         names |= _query_names(sub)
     return frozenset(names)
+
+async def in_query_slot(request: Request, fn: Callable[[], T]) -> T:
+    """Run corpus-reading work (a query, a page of records, an export) in a worker thread, at most one per core
+    at a time: more would only slow each other down, and work waiting for a slot holds no thread, so job views
+    and the rest stay quick."""
+    return await anyio.to_thread.run_sync(fn, limiter=request.app.state.query_slots)
+
 
 Service = Annotated[JobService, Depends(get_service)]
 Corpus = Annotated[CorpusLocation, Depends(get_corpus)]

@@ -8,11 +8,11 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
-from api.deps import Authorized, Corpus, JobId, Service, StrictQuery
+from api.deps import Authorized, Corpus, JobId, Service, StrictQuery, in_query_slot
 from api.encode import json_safe
 from api.errors import errors
 from api.schemas import PARQUET, JobAccepted, JobCreated, JobList, JobStatus, JobView, RecordPage
@@ -64,33 +64,42 @@ def resume_job(job_id: JobId, service: Service) -> JobAccepted:
 
 
 @router.get("/{job_id}/records", response_model=RecordPage, responses=errors(404))
-def list_records(job_id: JobId, service: Service, corpus: Corpus, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-                 offset: Annotated[int, Query(ge=0, le=100_000_000)] = 0, accepted: bool | None = None) -> RecordPage:
+async def list_records(job_id: JobId, service: Service, corpus: Corpus, request: Request,
+                       limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                       offset: Annotated[int, Query(ge=0, le=100_000_000)] = 0,
+                       accepted: bool | None = None) -> RecordPage:
     """A job's records in (example_id, sample_idx) order, optionally only accepted or only rejected ones."""
-    service.get(job_id)  # 404 for an unknown job
-    where = f"job_id = '{job_id}'"  # JobId allows only letters, digits, '.', '_' and '-'
-    if accepted is not None:
-        where += f" AND accepted = {'true' if accepted else 'false'}"
-    total = run_query(corpus, f"SELECT count(*) AS n FROM records WHERE {where}").column("n")[0].as_py()
-    table = run_query(corpus, f"SELECT * FROM records WHERE {where} ORDER BY example_id, sample_idx "
-                              f"LIMIT {limit} OFFSET {offset}", max_rows=limit)
-    return RecordPage(items=json_safe(table.to_pylist()), total=total, limit=limit, offset=offset)
+    def page() -> RecordPage:
+        service.get(job_id)  # 404 for an unknown job
+        where = f"job_id = '{job_id}'"  # JobId allows only letters, digits, '.', '_' and '-'
+        if accepted is not None:
+            where += f" AND accepted = {'true' if accepted else 'false'}"
+        total = run_query(corpus, f"SELECT count(*) AS n FROM records WHERE {where}").column("n")[0].as_py()
+        table = run_query(corpus, f"SELECT * FROM records WHERE {where} ORDER BY example_id, sample_idx "
+                                  f"LIMIT {limit} OFFSET {offset}", max_rows=limit)
+        return RecordPage(items=json_safe(table.to_pylist()), total=total, limit=limit, offset=offset)
+
+    return await in_query_slot(request, page)
 
 
 @router.get("/{job_id}/export", response_class=FileResponse, responses={
     **errors(404), 200: {"description": "the export file", "content": {PARQUET: {},
                                                                         "application/x-ndjson": {}}}})
-def export(job_id: JobId, service: Service, corpus: Corpus,
-           format: Literal["dsbs", "finetune_cot", "chat", "parquet"] = "parquet") -> FileResponse:
+async def export(job_id: JobId, service: Service, corpus: Corpus, request: Request,
+                 format: Literal["dsbs", "finetune_cot", "chat", "parquet"] = "parquet") -> FileResponse:
     """A job's accepted records as a student-training file, streamed (dsbs, finetune_cot, chat: JSONL)."""
     from pipeline.exports import export_job
 
-    service.get(job_id)
     media, ext = _MEDIA.get(format, _JSONL)
     folder = tempfile.mkdtemp(prefix="stepwise-export-")
-    try:
-        path = Path(folder) / f"{job_id}.{format}.{ext}"
+    path = Path(folder) / f"{job_id}.{format}.{ext}"
+
+    def write() -> None:
+        service.get(job_id)  # 404 for an unknown job
         export_job(corpus.address, job_id, format, path)
+
+    try:
+        await in_query_slot(request, write)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise

@@ -8,12 +8,11 @@ import tempfile
 from functools import partial
 from pathlib import Path
 
-import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
-from api.deps import Authorized, Corpus, StrictQuery
+from api.deps import Authorized, Corpus, StrictQuery, in_query_slot
 from api.encode import json_safe
 from api.errors import errors
 from api.schemas import PARQUET, QueryDownload, QueryRequest, QueryResult
@@ -26,7 +25,8 @@ router = APIRouter(prefix="/v1", tags=["query"], dependencies=[Authorized, Stric
 @router.post("/query", response_model=QueryResult, responses=errors(400))
 async def query(body: QueryRequest, corpus: Corpus, request: Request) -> QueryResult:
     """One SELECT over `records` and `jobs`; files, writes, ATTACH, INSTALL, SET and PRAGMA are refused (400)."""
-    table = await _run(request, run_query, corpus, body.sql, max_rows=body.max_rows + 1, timeout_s=body.timeout_s)
+    table = await in_query_slot(request, partial(run_query, corpus, body.sql, max_rows=body.max_rows + 1,
+                                                 timeout_s=body.timeout_s))
     rows = table.slice(0, body.max_rows).to_pylist()
     return QueryResult(columns=table.column_names, rows=json_safe(rows),
                        truncated=table.num_rows > body.max_rows)
@@ -41,8 +41,8 @@ async def query_parquet(body: QueryDownload, corpus: Corpus, request: Request) -
     folder = tempfile.mkdtemp(prefix="stepwise-query-")
     try:
         path = Path(folder) / "query.parquet"
-        rows, truncated = await _run(request, query_to_parquet, corpus, body.sql, path, max_rows=body.max_rows,
-                                     timeout_s=body.timeout_s)
+        rows, truncated = await in_query_slot(request, partial(query_to_parquet, corpus, body.sql, path,
+                                                               max_rows=body.max_rows, timeout_s=body.timeout_s))
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
@@ -50,8 +50,3 @@ async def query_parquet(body: QueryDownload, corpus: Corpus, request: Request) -
                         headers={"X-Stepwise-Rows": str(rows), "X-Stepwise-Truncated": str(truncated).lower()},
                         background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))
 
-
-async def _run(request: Request, fn, *args, **kwargs):
-    """Run a query in a worker thread, at most one per core at a time: more would only slow each other down,
-    and the queries waiting for a slot hold no thread, so job views and the rest stay quick."""
-    return await anyio.to_thread.run_sync(partial(fn, *args, **kwargs), limiter=request.app.state.query_slots)
