@@ -15,7 +15,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.auth import check_bearer
 from pipeline.service import JobService
+from pipeline.types import JOB_ID_PATTERN
 from storage.location import CorpusLocation
+from storage.uploads import UploadStore
 
 T = TypeVar("T")
 _bearer = HTTPBearer(auto_error=False, description="the value of STEPWISE_API_TOKEN")
@@ -27,6 +29,10 @@ async def get_service(request: Request) -> JobService:
 
 async def get_corpus(request: Request) -> CorpusLocation:
     return request.app.state.service.corpus
+
+
+async def get_uploads(request: Request) -> UploadStore:
+    return request.app.state.uploads
 
 
 async def require_token(request: Request,
@@ -73,6 +79,7 @@ async def in_query_slot(request: Request, fn: Callable[[], T]) -> T:
 
 Service = Annotated[JobService, Depends(get_service)]
 Corpus = Annotated[CorpusLocation, Depends(get_corpus)]
+Uploads = Annotated[UploadStore, Depends(get_uploads)]
 Authorized = Depends(require_token)
 StrictQuery = Depends(known_query_only)
-JobId = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", description="the job's id")]
+JobId = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="the job's id")]

@@ -3,8 +3,10 @@
     JobSpecError, DatasetError, PromptError, TaskError, a bad request   422  (the field named when known)
     QueryError (QueryRefusedError included)                              400
     AuthError                                                            401
+    UploadError (a bad name)                                             422
     JobNotFoundError, an unknown route                                   404
-    JobConflictError, JobStateError                                      409
+    JobConflictError, JobStateError, UploadExistsError                   409
+    UploadTooLargeError                                                  413
     other StorageError, StepwiseError, anything else                     500  (an unexpected one says nothing more)
 """
 
@@ -30,6 +32,9 @@ from pipeline.errors import (
     QueryError,
     StepwiseError,
     TaskError,
+    UploadError,
+    UploadExistsError,
+    UploadTooLargeError,
 )
 from pipeline.spec import field_problems
 
@@ -38,6 +43,7 @@ log = logging.getLogger("stepwise.api")
 _STATUS: list[tuple[type[Exception], int]] = [  # first match wins: subclasses before their bases
     (JobSpecError, 422), (DatasetError, 422), (PromptError, 422), (TaskError, 422),
     (QueryError, 400), (AuthError, 401), (JobNotFoundError, 404), (JobConflictError, 409), (JobStateError, 409),
+    (UploadExistsError, 409), (UploadTooLargeError, 413), (UploadError, 422),
 ]
 
 # the error models every route may answer with; routes add theirs to these
@@ -48,7 +54,8 @@ COMMON_ERRORS = {401: {"model": ErrorBody, "description": "missing or wrong bear
 
 def errors(*statuses: int) -> dict[int, dict]:
     """`responses=` for a route: the common errors plus these statuses, each with the ErrorBody model."""
-    described = {400: "query refused or failed", 404: "no such job", 409: "conflicts with the job's state or id"}
+    described = {400: "query refused or failed", 404: "no such job", 409: "conflicts with the job's state or id",
+                 413: "the upload is larger than the server takes"}
     return {**COMMON_ERRORS, **{s: {"model": ErrorBody, "description": described.get(s, "")} for s in statuses}}
 
 

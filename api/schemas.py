@@ -130,19 +130,44 @@ class RecordPage(BaseModel):
 class QueryRequest(BaseModel):
     sql: str = Field(min_length=1, max_length=100_000, description="one read-only SELECT over `records` / `jobs`")
     max_rows: int = Field(1000, ge=1, le=100_000)
+    max_bytes: int = Field(32 << 20, ge=1, le=256 << 20,  # 32 MiB, at most 256 MiB
+                           description="the most Arrow bytes of rows to return; rows past it are left out")
     timeout_s: float = Field(30.0, gt=0, le=300)
 
 
 class QueryDownload(BaseModel):
     sql: str = Field(min_length=1, max_length=100_000, description="one read-only SELECT over `records` / `jobs`")
     max_rows: int = Field(10_000_000, ge=1, le=100_000_000)
+    max_bytes: int = Field(2 << 30, ge=1, le=8 << 30,  # 2 GiB, at most 8 GiB
+                           description="the most Arrow bytes of rows to write (before compression)")
     timeout_s: float = Field(300.0, gt=0, le=3600)
 
 
 class QueryResult(BaseModel):
     columns: list[str]
     rows: list[dict[str, Any]]
-    truncated: bool = Field(description="more rows matched than max_rows")
+    truncated: bool = Field(description="more rows matched than came back")
+    truncated_by: Literal["rows", "bytes"] | None = Field(
+        None, description="which cap cut the result: max_rows, or max_bytes (null when it is whole)")
+
+
+class UploadedDataset(BaseModel):
+    """A file in the uploads folder: a job names it as `dataset.path` (or `prompt.path`, `teacher.path`)."""
+
+    name: str
+    path: str = Field(description="where the server keeps it; a job may give this or just the name")
+    bytes: int
+    uploaded_at: datetime
+    sha256: str | None = Field(None, description="of the bytes received (in the answer to the upload)")
+
+    @classmethod
+    def of(cls, info) -> UploadedDataset:
+        return cls(name=info.name, path=info.path, bytes=info.bytes, uploaded_at=info.uploaded_at,
+                   sha256=info.sha256)
+
+
+class DatasetList(BaseModel):
+    items: list[UploadedDataset]
 
 
 class Health(BaseModel):

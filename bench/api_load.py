@@ -147,7 +147,13 @@ class Stack:
 
     def start_api(self) -> None:
         port = free_port()
-        env = {**os.environ, "STEPWISE_API_TOKEN": self.token}
+        # jobs read their data from the temp folder and reach the simulator through a teacher profile
+        teachers = self.tmp / "teachers.json"
+        teachers.write_text(json.dumps({"profiles": {"sim": {
+            "backend": "openai", "base_url": f"{self.sim_url}/v1", "api_key_env": None, "models": ["stepwise-sim"],
+            "request_id_headers": True}}}), encoding="utf-8")
+        env = {**os.environ, "STEPWISE_API_TOKEN": self.token, "STEPWISE_DATA_DIRS": str(self.tmp),
+               "STEPWISE_TEACHERS": str(teachers)}
         proc = self._spawn("api", [sys.executable, "-m", "pipeline.cli", "serve", "--corpus", str(self.corpus),
                                    "--port", str(port), "--log-level", "warning"], env)
         self.api_url = f"http://127.0.0.1:{port}"
@@ -234,8 +240,8 @@ def job_body(stack: Stack, data: Path, args: argparse.Namespace) -> dict:
         "dataset": {"path": str(data), "id_field": "id", "question_field": "question", "answer_field": "answer"},
         "task": "arithmetic",
         "prompt": "few_shot_cot",
-        "teacher": {"backend": "openai", "model": "stepwise-sim", "base_url": f"{stack.sim_url}/v1",
-                    "api_key_env": None, "max_concurrency": args.job_concurrency, "timeout_s": 30},
+        "teacher": {"backend": "openai", "profile": "sim", "model": "stepwise-sim",
+                    "max_concurrency": args.job_concurrency, "timeout_s": 30},
         "sampling": {"n": 1, "temperature": 0.7, "max_tokens": 128},
         "cost": {"input_per_mtok": 0.15, "output_per_mtok": 0.60},
         "executor": {"kind": "local"},

@@ -1,8 +1,10 @@
 """`stepwise` command line: run | import | query | export | train | cancel | demo | serve | sim.
 
-Exit codes: 0 done; 1 the job or command failed (message on stderr); 2 bad usage, an invalid job file or an
-invalid `train` flag (the message names the field, and nothing is written); 3 the job's cost budget stopped it,
-4 it was cancelled (both resumable by running it again).
+Exit codes: 0 done; 1 the job or command failed (message on stderr; a job whose teacher requests failed after
+their retries also ends here: run it again to retry exactly those); 2 bad usage, an invalid job file, a file it
+names that is missing, a dataset mapping no row fits, or an invalid `train` flag (the message names the field,
+and nothing is written); 3 the job's cost budget stopped it, 4 it was cancelled (both resumable by running it
+again).
 """
 
 from __future__ import annotations
@@ -90,6 +92,8 @@ class _Bar:
 
 def print_summary(summary: JobSummary, root: str) -> None:
     t = Table(title=f"job {summary.job_id}: {summary.status}", show_header=False)
+    if summary.status == "failed" and summary.message:  # the cause leads, before any counter
+        t.add_row(Text("failed", style="bold red"), Text(summary.message, style="red"))
     t.add_row("examples", f"{summary.n_examples:,}")
     t.add_row("records", f"{summary.n_records:,}")
     t.add_row("accepted", f"{summary.n_accepted:,}")
@@ -125,9 +129,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.ray_address:
         overrides += ["executor.kind=ray", f"executor.address={args.ray_address}"]
     spec = load_job(args.job, overrides=overrides)  # validated before anything is written
+    if args.data_dir:
+        from pipeline.admission import DataRoots, confine_paths
+
+        spec = confine_paths(spec, DataRoots(args.data_dir))
     with _Bar(f"{spec.job_id}", args.quiet) as bar:
         summary = run_job(spec, args.corpus, overwrite=args.overwrite, progress=bar)
     print_summary(summary, args.corpus)
+    if summary.status == "failed":  # the summary's first row says why
+        return 1
     if summary.status == "budget_exhausted":
         err.print(f"stopped: {summary.message}", markup=False, highlight=False)
         return 3
@@ -152,15 +162,20 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_query(args: argparse.Namespace) -> int:
     from storage.catalog import query
 
-    table = query(args.corpus, args.sql, max_rows=args.max_rows, timeout_s=args.timeout)
-    rows = table.to_pylist()
+    if args.max_rows < 1 or args.max_bytes < 1:
+        raise StepwiseError("--max-rows and --max-bytes must be at least 1")
+    result = query(args.corpus, args.sql, max_rows=args.max_rows, max_bytes=args.max_bytes, timeout_s=args.timeout)
+    rows = result.table.to_pylist()
     if args.format == "json":
         sys.stdout.write(json.dumps(rows, default=str, ensure_ascii=False) + "\n")
     elif args.format == "jsonl":
         for row in rows:
             sys.stdout.write(json.dumps(row, default=str, ensure_ascii=False) + "\n")
     else:
-        print_table(table)
+        print_table(result.table)
+    if result.truncated:
+        cap = f"--max-rows {args.max_rows:,}" if result.reason == "rows" else f"--max-bytes {args.max_bytes:,}"
+        err.print(f"[yellow]warning:[/] the result is truncated at {cap}: {len(rows):,} rows shown, more matched")
     return 0
 
 
@@ -309,26 +324,26 @@ def cmd_sim(args: argparse.Namespace) -> int:
     return 0
 
 
-LOOPBACK = "127.0.0.1"
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
-    import os
-
     import uvicorn
 
     from api.app import create_app  # lazily: the other commands never load FastAPI
+    from api.settings import LOOPBACK, ServiceSettings
 
-    token = os.environ.get("STEPWISE_API_TOKEN") or None
-    host = args.host
-    if token is None:
+    settings = ServiceSettings.load(corpus=args.corpus, host=args.host, port=args.port, state_dir=args.state_dir,
+                                    data_dirs=tuple(args.data_dir) if args.data_dir else None,
+                                    upload_dir=args.upload_dir, teachers=args.teachers)
+    host = settings.host
+    if settings.token is None:
         if host != LOOPBACK:
             err.print(f"[yellow]--host {host} ignored:[/] STEPWISE_API_TOKEN is not set")
         host = LOOPBACK
         err.print(f"no STEPWISE_API_TOKEN: requests are not authenticated, so the server listens on {LOOPBACK} only")
-    app = create_app(args.corpus, token, state_dir=args.state_dir)
-    err.print(f"stepwise serve: corpus {args.corpus}, http://{host}:{args.port} (docs at /docs)", markup=False)
-    uvicorn.run(app, host=host, port=args.port, log_level=args.log_level)
+    app = create_app(settings)
+    roots = ", ".join(str(r) for r in app.state.service.admission.roots.roots)
+    err.print(f"stepwise serve: corpus {settings.corpus}, http://{host}:{settings.port} (docs at /docs); jobs may "
+              f"read files in {roots}", markup=False)
+    uvicorn.run(app, host=host, port=settings.port, log_level=args.log_level)
     return 0
 
 
@@ -346,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--executor", choices=("local", "ray"), help="where shards run (default: the job file's)")
     run.add_argument("--workers", type=int, help="Ray worker actors")
     run.add_argument("--ray-address", help="join this Ray cluster (also $RAY_ADDRESS); implies --executor ray")
+    run.add_argument("--data-dir", action="append", default=[], metavar="DIR",
+                     help="refuse files outside these folders (the REST service passes its data roots)")
     run.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                      help="override a job-file field, e.g. --set teacher.base_url=http://127.0.0.1:8000/v1 "
                           "(repeatable; VALUE is read as YAML)")
@@ -369,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--corpus", default="corpus", help=CORPUS_HELP)
     q.add_argument("--format", choices=("json", "jsonl", "table"), default="table")
     q.add_argument("--max-rows", type=int, default=100_000)
+    q.add_argument("--max-bytes", type=int, default=256 << 20,
+                   help="the most bytes of rows (Arrow) to return, 256 MiB by default; a warning says when cut")
     q.add_argument("--timeout", type=float, default=60.0, help="seconds")
     q.set_defaults(func=cmd_query)
 
@@ -394,12 +413,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=cmd_demo)
 
-    serve = sub.add_parser("serve", help="the REST job service (FastAPI); auth by $STEPWISE_API_TOKEN")
-    serve.add_argument("--corpus", default="corpus", help=CORPUS_HELP)
-    serve.add_argument("--host", default=LOOPBACK, help="address to listen on (loopback only without a token)")
-    serve.add_argument("--port", type=int, default=8000)
+    serve = sub.add_parser("serve", help="the REST job service (FastAPI); auth by $STEPWISE_API_TOKEN; every flag "
+                                         "has a STEPWISE_* variable (see the README)")
+    serve.add_argument("--corpus", help=CORPUS_HELP + " ($STEPWISE_CORPUS)")
+    serve.add_argument("--host", help="address to listen on, default 127.0.0.1 (loopback only without a token)")
+    serve.add_argument("--port", type=int, help="default 8000")
     serve.add_argument("--state-dir", help="local folder for job spec, pid and log files (default <corpus>/jobs; "
                                            "required for an object-store corpus)")
+    serve.add_argument("--data-dir", action="append", metavar="DIR",
+                       help="a folder whose files REST jobs may read (repeatable; $STEPWISE_DATA_DIRS, ':'-separated)")
+    serve.add_argument("--upload-dir", help="where uploaded datasets go (default <state dir>/uploads)")
+    serve.add_argument("--teachers", help="the teacher profiles file ($STEPWISE_TEACHERS); see the README")
     serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     serve.set_defaults(func=cmd_serve)
 

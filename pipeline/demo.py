@@ -50,7 +50,7 @@ def main(corpus: str, out: str, quiet: bool = False) -> int:
         sim.wait(timeout=10)
     table = query(corpus, "SELECT coalesce(reject_reason, 'accepted') AS outcome, count(*) AS records, "
                           "round(sum(cost_usd), 6) AS cost_usd FROM records WHERE job_id = 'demo-live' "
-                          "GROUP BY 1 ORDER BY records DESC")
+                          "GROUP BY 1 ORDER BY records DESC").table
     cli.print_table(table)
     for fmt, path, split in (("finetune_cot", f"{out}/demo-finetune-cot.jsonl", None),
                              ("dsbs", f"{out}/demo-dsbs", "0.8,0.1,0.1")):

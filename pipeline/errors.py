@@ -8,6 +8,8 @@
     ├── TeacherError              the teacher failed for the whole job, not for one record
     │   ├── TeacherAuthError      401 / 403: the key is wrong or lacks access; the job stops at once
     │   ├── BudgetExhaustedError  the job's cost cap was reached; the job stops cleanly, resumable
+    │   ├── TeacherFailingError   more requests failed (after their retries) than the job's max_error_rate
+    │   │                         allows; the job stops `failed`, naming the URL; a rerun retries them
     │   ├── RequestRejectedError  a 4xx other than 408 / 409 / 429: not retried, becomes a teacher_error reject
     │   └── TransientTeacherError retried (by type, with tenacity); a reject only after the last attempt
     │       ├── RateLimitedError      429, carries the server's retry-after
@@ -19,6 +21,9 @@
     │   ├── JobConflictError      a job id already holds records made from a different spec
     │   └── JobNotFoundError      no job with that id in the corpus
     ├── JobStateError             the job cannot do that now (cancel a finished job, resume a running one)
+    ├── UploadError               a dataset upload has a bad name (422)
+    │   ├── UploadExistsError     an upload of that name exists; uploads are never replaced (409)
+    │   └── UploadTooLargeError   the upload is larger than the server takes (413)
     ├── AuthError                 a REST request without the right bearer token
     ├── TrainerError              the student trainer cannot run (no training pairs, no gold test examples, a model
     │   │                         that is not sequence-to-sequence or does not load, CUDA asked for but absent)
@@ -27,12 +32,27 @@
     └── QueryError                a SQL query was refused or failed
         └── QueryRefusedError     the query tried to leave the read-only corpus sandbox
 
+`pipeline.yamlfile.YamlError` (a ValueError, not a StepwiseError) says what is wrong with a hand-written YAML file;
+each reader turns it into its own error above (JobSpecError for job files, PromptError for templates).
+
 Per-record problems (bad rows, bad teacher output) are never exceptions that escape a shard: they become
 rejected records with a `reject_reason`. Retry decisions (later issues) are made by exception type only.
 The REST service maps this tree to HTTP statuses in one function, `api/errors.py:error_response`.
 """
 
 from __future__ import annotations
+
+import reprlib
+from typing import Any
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict = 2, 40, 40, 4, 4
+
+
+def short(value: Any) -> str:
+    """A repr of `value` short enough for an error message, whatever its size or depth (a value from a file is
+    quoted only this far)."""
+    return _SHORT.repr(value)
 
 
 class StepwiseError(Exception):
@@ -69,6 +89,12 @@ class TeacherAuthError(TeacherError):
 
 class BudgetExhaustedError(TeacherError):
     """The job's cost cap was reached; finished work is kept and the job can resume with a higher cap."""
+
+
+class TeacherFailingError(TeacherError):
+    """More requests failed than the job's `max_error_rate` allows (transport errors, 5xx and timeouts after
+    their retries, or refusals): the job stops with status `failed`, naming the teacher's URL; everything
+    finished is kept and a rerun sends exactly the requests that failed for an infrastructure reason."""
 
 
 class RequestRejectedError(TeacherError):
@@ -122,6 +148,20 @@ class JobNotFoundError(StorageError):
 
 class JobStateError(StepwiseError):
     """The job is not in a state that allows this (e.g. resuming a job that is still running)."""
+
+
+class UploadError(StepwiseError):
+    """A dataset upload cannot be taken (its name is not a plain file name with a data suffix)."""
+
+    field = "name"
+
+
+class UploadExistsError(UploadError):
+    """An upload of that name exists; uploads are never replaced, since a job's records point at the file."""
+
+
+class UploadTooLargeError(UploadError):
+    """The upload is larger than the server's cap; nothing of it is kept."""
 
 
 class AuthError(StepwiseError):

@@ -1,7 +1,7 @@
 """Executors schedule shards; they never touch records. Local and Ray run the same shard functions.
 
-An executor's `run` returns (status, message, teacher counters): `completed`, `budget_exhausted` or
-`cancelled`; any other failure raises.
+An executor's `run` returns (status, message, teacher counters): `completed`, `budget_exhausted`, `cancelled`,
+or `failed` when the teacher kept failing past the job's error budget; any other failure raises.
 """
 
 from __future__ import annotations
@@ -10,13 +10,12 @@ import concurrent.futures
 from collections import deque
 from collections.abc import Callable, Sequence
 
-from pipeline.errors import BudgetExhaustedError, StepwiseError
+from pipeline.errors import BudgetExhaustedError, StepwiseError, TeacherFailingError
 from pipeline.runner import (
     Item,
     JobContext,
     Progress,
     ShardPlan,
-    ShardResult,
     finish_shard,
     plan_shard,
     write_part,
@@ -57,11 +56,9 @@ class LocalExecutor:
                             f.cancel()
                         return "cancelled", "cancelled on request; finished shards are kept", \
                             teacher_counters(ctx.backend)
-                    records = finish_shard(ctx, done_plan, completions)
-                    if records:
-                        write_part(corpus, ctx.job_id, done_index, records)
+                    result = write_part(corpus, ctx.job_id, done_index, finish_shard(ctx, done_plan, completions))
                     if progress:
-                        progress.shard_done(ShardResult.of(done_index, records))
+                        progress.shard_done(result)
         except BudgetExhaustedError as exc:
             for _, _, future in pending:  # requests in flight finish and are cached: they are paid for
                 try:
@@ -69,6 +66,10 @@ class LocalExecutor:
                 except BudgetExhaustedError:
                     pass
             return "budget_exhausted", str(exc), teacher_counters(ctx.backend)
+        except TeacherFailingError as exc:  # the engine stops sending; answers already in are cached
+            for _, _, future in pending:
+                future.cancel()
+            return "failed", str(exc), teacher_counters(ctx.backend)
         except BaseException:
             for _, _, future in pending:
                 future.cancel()

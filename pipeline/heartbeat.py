@@ -27,7 +27,8 @@ LAST_ERRORS = 10
 
 
 class TeacherErrorNote(BaseModel):
-    """One request the teacher refused (it became a `teacher_error` reject)."""
+    """One request that failed: refused by the teacher (a `teacher_error` reject) or failed after its retries (a
+    `teacher_unavailable` one, retried by the next run)."""
 
     at: datetime
     example_id: str | None = None

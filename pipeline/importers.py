@@ -68,7 +68,10 @@ def dsbs_spec(src: Path, split: str, task: str, job_id: str, teacher_model: str)
     if not gold.is_file():
         raise DatasetError(f"gold file not found: {gold}")
     with gold.open("rb") as fh:
-        first = json.loads(fh.readline())
+        try:
+            first = json.loads(fh.readline())
+        except (ValueError, RecursionError):
+            raise DatasetError(f"{gold}: the first line is not a JSON object of the release's layout") from None
     return parse_job({
         "job_id": job_id,
         "dataset": {"path": str(gold), "format": "jsonl", **_fields(first)},

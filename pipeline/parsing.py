@@ -98,7 +98,8 @@ def parse_completion(completion: Completion | None, example: Example, task: Task
     """Turn one completion into a Parsed result. `output` is the prompt's format: `cot` or `json`."""
     if completion is None or completion.text is None:
         if completion is not None and completion.error:
-            return Parsed(None, None, RejectReason.TEACHER_ERROR, completion.error)
+            reason = RejectReason.TEACHER_UNAVAILABLE if completion.retryable else RejectReason.TEACHER_ERROR
+            return Parsed(None, None, reason, completion.error)
         return Parsed(None, None, RejectReason.MISSING_COMPLETION, "the teacher returned no completion")
     if output == "json":
         parsed = _parse_json(completion.text, example, task)

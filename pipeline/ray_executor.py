@@ -24,7 +24,7 @@ from typing import Any
 
 import ray
 
-from pipeline.errors import BudgetExhaustedError, StepwiseError, TeacherAuthError
+from pipeline.errors import BudgetExhaustedError, StepwiseError, TeacherAuthError, TeacherFailingError
 from pipeline.executors import POLL_S, CancelCheck, Outcome
 from pipeline.runner import Item, JobContext, Progress, ShardResult, write_shard
 from pipeline.spec import CostSpec, ExecutorSpec, JobSpec
@@ -99,7 +99,8 @@ class ShardWorker:
             from pipeline.teachers import build_backend
 
             shared = SharedBudget(budget) if budget is not None else None
-            backend = build_backend(spec.teacher, corpus=root, cost=spec.cost, rate=shared, meter=shared)
+            backend = build_backend(spec.teacher, corpus=root, cost=spec.cost, rate=shared, meter=shared,
+                                    max_error_rate=spec.max_error_rate)
         self.corpus = CorpusLocation(root)  # a URI stays a URI: never through Path, which would make s3:/ of it
         self.ctx, _ = prepare_context(spec, [], backend=backend, prompt=prompt, corpus=root)
 
@@ -177,8 +178,10 @@ class RayExecutor:
                         result = ray.get(ref)
                     except ray.exceptions.RayTaskError as exc:
                         cause = exc.cause if hasattr(exc, "cause") else None
-                        if isinstance(cause, BudgetExhaustedError):
-                            status, message = "budget_exhausted", str(cause)
+                        if isinstance(cause, BudgetExhaustedError | TeacherFailingError):
+                            if status == "completed":
+                                status = "budget_exhausted" if isinstance(cause, BudgetExhaustedError) else "failed"
+                                message = str(cause)
                             queue.clear()  # let shards in flight finish: their requests are paid for
                             continue
                         if isinstance(cause, StepwiseError | TeacherAuthError):

@@ -19,11 +19,11 @@ from typing import Protocol
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.datasets import read_examples
+from pipeline.datasets import check_fields, check_gold, read_examples
 from pipeline.errors import JobConflictError, StepwiseError
 from pipeline.heartbeat import HeartbeatWriter
 from pipeline.parsing import parse_completion
-from pipeline.spec import JobSpec
+from pipeline.spec import JobSpec, check_files
 from pipeline.tasks import Task, build_task
 from pipeline.teachers import TeacherBackend, build_backend
 from pipeline.types import Completion, Example, RationaleRecord, RejectReason, RowReject, Sampling, TeacherRequest
@@ -112,19 +112,41 @@ def shard_name(shard: int) -> str:
     return f"shard-{shard:06d}.parquet"
 
 
+def retry_name(shard: int) -> str:
+    """The marker of a shard whose part file holds `teacher_unavailable` records: written before that part file,
+    removed after a clean one replaces it, so a shard is done only when it has a part file and no marker."""
+    return f"shard-{shard:06d}.retry"
+
+
+def _shard_index(path: str) -> int:
+    return int(path.rsplit("/", 1)[-1].split(".")[0].removeprefix("shard-"))
+
+
 def shard_done(corpus: CorpusLocation, job_id: str, shard: int) -> bool:
-    return corpus.exists("records", job_id, shard_name(shard))
+    return corpus.exists("records", job_id, shard_name(shard)) and not corpus.exists("records", job_id,
+                                                                                     retry_name(shard))
 
 
-def done_shards(corpus: CorpusLocation, job_id: str) -> set[str]:
-    """Names of the job's part files, from one listing (one request on an object store, not one per shard)."""
-    return {p.rsplit("/", 1)[-1] for p in corpus.list_files("records", job_id)}
+def done_shards(corpus: CorpusLocation, job_id: str) -> set[int]:
+    """The finished shards of a job: a part file and no retry marker. Two listings (two requests on an object
+    store, not one per shard)."""
+    parts = {_shard_index(p) for p in corpus.list_files("records", job_id)}
+    return parts - {_shard_index(p) for p in corpus.list_files("records", job_id, suffix=".retry")}
 
 
-def write_part(corpus: CorpusLocation, job_id: str, shard: int, records: Sequence[RationaleRecord]) -> None:
-    """A shard's part file, atomically: after this the shard is done."""
-    table = records_to_table(records)
-    corpus.write_table(table, "records", job_id, shard_name(shard), dictionary=DICTIONARY_COLUMNS)
+def write_part(corpus: CorpusLocation, job_id: str, shard: int, records: Sequence[RationaleRecord]) -> ShardResult:
+    """A shard's part file, atomically. A shard with requests that failed for an infrastructure reason is marked
+    for retry first (a rerun sends exactly those again and replaces the part file); a clean one clears its mark
+    after, so a crash in between leaves the shard to be done again, never marked done by mistake."""
+    retry = any(r.reject_reason == RejectReason.TEACHER_UNAVAILABLE for r in records)
+    if retry:
+        corpus.touch("records", job_id, retry_name(shard))
+    if records:
+        corpus.write_table(records_to_table(records), "records", job_id, shard_name(shard),
+                           dictionary=DICTIONARY_COLUMNS)
+    if not retry:
+        corpus.remove("records", job_id, retry_name(shard))
+    return ShardResult.of(shard, records)
 
 
 def _record(ctx: JobContext, created: datetime, example_id: str, sample_idx: int, **kw) -> RationaleRecord:
@@ -175,7 +197,8 @@ def plan_shard(ctx: JobContext, items: Sequence[Item]) -> ShardPlan:
         plan.ready.append((item, gold, ctx.task.student_input(item)))
         for k in range(n):
             plan.requests.append(TeacherRequest(item.id, k, messages, sampling, ctx.prompt.id, ctx.prompt.hash,
-                                                ctx.backend.backend, ctx.backend.model, followup, schema))
+                                                ctx.backend.backend, ctx.backend.model, followup, schema,
+                                                ctx.backend.endpoint))
     return plan
 
 
@@ -209,6 +232,9 @@ def run_shard(ctx: JobContext, items: Sequence[Item]) -> list[RationaleRecord]:
 
 
 def load_items(spec: JobSpec) -> list[Item]:
+    """Every row of the dataset as an Example or a RowReject, after `check_fields` made sure the field
+    mapping fits the data (a field that no row has is a JobSpecError, not a corpus of bad rows)."""
+    check_fields(spec.dataset)
     return list(read_examples(spec.dataset))
 
 
@@ -218,8 +244,10 @@ def prepare_context(spec: JobSpec, items: Sequence[Item], *, backend: TeacherBac
     """Build the task (inferring `auto` from the data), prompt and backend; complete the examples."""
     examples = [i for i in items if isinstance(i, Example)]
     task = build_task(spec.task, examples[:500])
+    check_gold(task, examples)  # before any request: gold that never fits the task is a job-file mistake
     prompt = prompt or load_prompt(spec.prompt, task.kind)
-    backend = backend or build_backend(spec.teacher, corpus=corpus, cost=spec.cost)
+    backend = backend or build_backend(spec.teacher, corpus=corpus, cost=spec.cost,
+                                       max_error_rate=spec.max_error_rate)
     prepared = [task.prepare(i) if isinstance(i, Example) else i for i in items]
     return JobContext(spec.job_id, spec, task, prompt, backend), prepared
 
@@ -275,10 +303,7 @@ def write_shard(ctx: JobContext, root: str | Path | CorpusLocation, index: int, 
     corpus = CorpusLocation.of(root)
     if shard_done(corpus, ctx.job_id, index):
         return ShardResult(index, skipped=True)
-    records = run_shard(ctx, items)
-    if records:
-        write_part(corpus, ctx.job_id, index, records)
-    return ShardResult.of(index, records)
+    return write_part(corpus, ctx.job_id, index, run_shard(ctx, items))
 
 
 def run_job(spec: JobSpec, root: str | Path, *, items: Sequence[Item] | None = None,
@@ -288,10 +313,16 @@ def run_job(spec: JobSpec, root: str | Path, *, items: Sequence[Item] | None = N
 
     Status at the end: `completed`; `budget_exhausted` when the cost cap stopped it (finished shards and
     every paid completion are kept: run again with a higher cap); `cancelled` when `stepwise cancel` asked;
-    `failed` re-raises the error.
+    `failed` when requests failed for an infrastructure reason (more than `max_error_rate` stops it early):
+    a rerun retries exactly those. Any other failure is `failed` and re-raises the error.
     """
+    from pipeline.admission import resolve_profile
     from pipeline.executors import get_executor
 
+    spec = resolve_profile(spec)  # teacher.profile: the fields of the profile STEPWISE_TEACHERS declares
+    # the files the job names, then its field mapping (load_items, prepare_context): job-file errors, raised
+    # before anything is written or removed
+    check_files(spec, dataset=items is None, prompt=prompt is None, teacher=backend is None)
     corpus = CorpusLocation.of(root)
     job_id = spec.job_id
     assert job_id, "parse_job gives every spec a job id"
@@ -301,14 +332,14 @@ def run_job(spec: JobSpec, root: str | Path, *, items: Sequence[Item] | None = N
     if previous is not None and previous.fingerprint != fingerprint and not overwrite:
         raise JobConflictError(f"job {job_id!r} already exists in {corpus} with a different spec; "
                                f"use another job_id, or --overwrite to replace its records")
-    if overwrite:
-        corpus.remove_folder("records", job_id)
-        previous = None
     items = load_items(spec) if items is None else items
     executor = get_executor(spec.executor)
     owns_backend = backend is None
     ctx, items = prepare_context(spec, items, backend=backend, prompt=prompt, corpus=corpus.address)
     try:
+        if overwrite:
+            corpus.remove_folder("records", job_id)
+            previous = None
         shards = [items[i:i + spec.shard_size] for i in range(0, len(items), spec.shard_size)] or [[]]
         now = datetime.now(UTC)
         state = registry.save(JobState(
@@ -320,7 +351,7 @@ def run_job(spec: JobSpec, root: str | Path, *, items: Sequence[Item] | None = N
         registry.clear_cancel(job_id)
         corpus.remove_stale_temp_files("records", job_id)
         finished = done_shards(corpus, job_id)
-        todo = [i for i in range(len(shards)) if shard_name(i) not in finished]
+        todo = [i for i in range(len(shards)) if i not in finished]
         # the heartbeat file (live rate, ETA, last errors for the REST service) sees every event first
         with HeartbeatWriter(corpus, job_id, inner=progress) as beat:
             n_requests = sum(1 for i in todo for it in shards[i] if isinstance(it, Example)) * spec.sampling.n
@@ -342,11 +373,17 @@ def run_job(spec: JobSpec, root: str | Path, *, items: Sequence[Item] | None = N
             ctx.backend.close()
     registry.clear_cancel(job_id)
     summary = summarize(corpus, job_id)
+    unavailable = summary.reject_reasons.get(RejectReason.TEACHER_UNAVAILABLE, 0)
+    if status == "completed" and unavailable:  # the work failed in part: never `completed`, exit 0
+        where = getattr(spec.teacher, "base_url", None) or f"the {spec.teacher.backend} backend"
+        status, message = "failed", (f"{unavailable:,} requests to the teacher at {where} failed after their "
+                                     f"retries (teacher_unavailable records); run the job again to retry "
+                                     f"exactly those")
     summary.status, summary.message, summary.teacher = status, message, teacher
     finished = done_shards(corpus, job_id)
-    summary.shards_run = sum(1 for i in todo if shard_name(i) in finished)
+    summary.shards_run = sum(1 for i in todo if i in finished)
     summary.shards_skipped = len(shards) - len(todo)
-    done = sum(1 for i in range(len(shards)) if shard_name(i) in finished)
+    done = sum(1 for i in range(len(shards)) if i in finished)
     registry.save(replace(
         state, status=status, shards_done=done, n_records=summary.n_records, n_accepted=summary.n_accepted,
         n_rejected=summary.n_rejected, tokens_in=summary.tokens_in, tokens_out=summary.tokens_out,

@@ -27,13 +27,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.errors import JobConflictError, JobNotFoundError, JobSpecError, JobStateError, StorageError
+from pipeline.errors import JobConflictError, JobNotFoundError, JobStateError, StorageError
 from pipeline.heartbeat import Heartbeat, read_heartbeat
-from pipeline.spec import JobSpec
+from pipeline.spec import JobSpec, check_files, parse_job
 from storage.jobs import JobRegistry, JobState, check_job_id
 from storage.location import CorpusLocation
 
 if TYPE_CHECKING:
+    from pipeline.admission import Admission
     from pipeline.runner import JobSummary
 
 # statuses a job can be resumed from: everything but running (and starting) or completed
@@ -60,8 +61,12 @@ class JobService:
 
     EXIT_GRACE_S = 10.0  # how long a resume waits for a stopped job's process to exit
 
-    def __init__(self, corpus: str | Path | CorpusLocation, state_dir: str | Path | None = None):
+    def __init__(self, corpus: str | Path | CorpusLocation, state_dir: str | Path | None = None, *,
+                 admission: Admission | None = None):
+        """`admission` holds submitted jobs to the REST rules (data roots, teacher profiles) and confines the
+        job processes to the data roots; None (a library user's own jobs) admits every job as it is."""
         self.corpus = CorpusLocation.of(corpus)
+        self.admission = admission
         if state_dir is None:
             if self.corpus.local is None:
                 raise StorageError(f"the corpus {self.corpus} is on an object store: give the service a local "
@@ -72,8 +77,8 @@ class JobService:
         self.registry = JobRegistry(self.corpus)
         self._children: dict[str, subprocess.Popen] = {}  # processes this API process started (to reap them)
         self._lock = threading.Lock()
-        # job id -> ((its part files, registry row time), the files summed, their summary); see _summary
-        self._summaries: dict[str, tuple[tuple, frozenset[str], JobSummary]] = {}
+        # job id -> (registry row time, the part files summed, their summary); see _summary
+        self._summaries: dict[str, tuple[datetime | None, frozenset[str], JobSummary]] = {}
         self._summary_locks: dict[str, threading.Lock] = {}
 
     # ── files ──────────────────────────────────────────────────────────────────────────────────────────────
@@ -90,13 +95,15 @@ class JobService:
     # ── actions ────────────────────────────────────────────────────────────────────────────────────────────
 
     def submit(self, spec: JobSpec) -> str:
-        """Write the spec and start the job; 409 (JobConflictError) when the id is taken."""
+        """Admit the spec, write it and start the job; 409 (JobConflictError) when the id is taken."""
+        if self.admission is not None:
+            spec = self.admission.admit(spec)
+        # once more through parse_job: the default job id (`job-` and a hash of the spec); without admission,
+        # relative paths are read from this process's folder
+        spec = parse_job(spec.model_dump(mode="json"), source="request body", base_dir=Path.cwd(),
+                         default_job_id="job")
+        check_files(spec)  # after admission: only files inside the data roots are looked at
         job_id = spec.job_id
-        assert job_id, "parse_job gives every spec a job id"
-        for name, path in (("dataset.path", spec.dataset.path), ("teacher.path", getattr(spec.teacher, "path", None)),
-                           ("prompt.path", spec.prompt.path)):
-            if path is not None and not Path(path).is_file():
-                raise JobSpecError(f"{name}: no such file on the server: {path}", field=name)
         with self._lock:
             if self.registry.get(job_id) is not None:
                 raise JobConflictError(f"job {job_id!r} already exists; resume it with POST /v1/jobs/{job_id}/resume "
@@ -143,6 +150,8 @@ class JobService:
     def _start(self, job_id: str) -> None:
         cmd = [sys.executable, "-m", "pipeline.cli", "run", str(self.spec_path(job_id)),
                "--corpus", self.corpus.address, "--quiet"]
+        if self.admission is not None:  # the job process checks its files against the data roots again
+            cmd += [arg for root in self.admission.roots.roots for arg in ("--data-dir", str(root))]
         env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
         env.setdefault("COLUMNS", "200")  # the log is a file: rich would wrap error messages at 80 columns
         with self.log_path(job_id).open("ab") as log:
@@ -216,24 +225,29 @@ class JobService:
         return views
 
     def _summary(self, state: JobState) -> tuple[JobSummary, int]:
-        """The job's counters from its part files and how many there are. Part files never change once written,
-        so each is read once: a new file adds its own summary, and only a rewritten registry row (an
-        --overwrite) starts again."""
+        """The job's counters from its part files, and how many shards are done. A part file is replaced only by
+        a run that retries its marked shard, so outside a running job's marked shards each file is read once: a
+        new file adds its own summary, and a rewritten registry row (a new run, an --overwrite) starts again."""
         from pipeline.runner import merge_summaries, summarize_files  # the runner pulls in the teachers
 
-        files = tuple(self.corpus.list_files("records", state.job_id))
-        key = (files, state.updated_at)
+        files = self.corpus.list_files("records", state.job_id)
+        marked = {m.removesuffix(".retry") + ".parquet"
+                  for m in self.corpus.list_files("records", state.job_id, suffix=".retry")} & set(files)
+        volatile = marked if state.status == "running" else set()  # may be rewritten while we look
+        stable = [f for f in files if f not in volatile]
         with self._summary_locks.setdefault(state.job_id, threading.Lock()):  # one reader per job, not forty
-            seen, known, total = self._summaries.get(state.job_id, (None, frozenset(), None))
-            if seen != key:
-                if seen is None or seen[1] != state.updated_at or not known <= set(files):
-                    known, total = frozenset(), merge_summaries(state.job_id, ())
-                new = [f for f in files if f not in known]
-                if new:
-                    total = merge_summaries(state.job_id, (total, summarize_files(self.corpus, state.job_id, new)))
-                    known = known | set(new)
-                self._summaries[state.job_id] = (key, known, total)
-        return total, len(files)
+            since, known, total = self._summaries.get(state.job_id, (None, frozenset(), None))
+            if since != state.updated_at or not known <= set(stable):
+                known, total = frozenset(), merge_summaries(state.job_id, ())
+            new = [f for f in stable if f not in known]
+            if new:
+                total = merge_summaries(state.job_id, (total, summarize_files(self.corpus, state.job_id, new)))
+                known = known | set(new)
+            self._summaries[state.job_id] = (state.updated_at, known, total)
+        if volatile:
+            total = merge_summaries(state.job_id, (total, summarize_files(self.corpus, state.job_id,
+                                                                          sorted(volatile))))
+        return total, len(files) - len(marked)
 
     def _log_tail(self, job_id: str, chars: int = 2000) -> str | None:
         try:

@@ -17,9 +17,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import JobSpecError
+from pipeline.yamlfile import read_yaml
+from pipeline.types import JOB_ID_RULE, is_job_id
 
 TaskKind = Literal["multiple_choice", "nli", "arithmetic", "yes_no", "exact", "custom", "auto"]
-_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class _Strict(BaseModel):
@@ -143,6 +144,14 @@ class OpenAITeacherSpec(_Strict):
         "response_format", description="how JSON-mode prompts pass their schema: OpenAI response_format (also "
                                        "understood by vLLM), vLLM >= 0.12 structured_outputs, or the older "
                                        "vLLM guided_json")
+    request_id_headers: bool = Field(False, description="send X-Stepwise-Example-Id, -Sample-Idx and -Request-Keys "
+                                                        "headers: bookkeeping for the stepwise simulator, never "
+                                                        "needed by a real provider")
+    cache_namespace: str | None = Field(None, min_length=1, max_length=200, description=(
+        "completions are cached per endpoint (base_url); endpoints that serve the same weights share cached "
+        "completions when they name the same namespace"))
+    profile: str | None = Field(None, description="a teacher profile of the REST service (its base URL, key and "
+                                                  "limits); set by the service")
 
     @field_validator("base_url")
     @classmethod
@@ -175,6 +184,7 @@ class VLLMTeacherSpec(_Strict):
     engine_seed: int = 0
     supports_n: bool = True
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="more vllm.LLM arguments")
+    profile: str | None = Field(None, description="a teacher profile of the REST service; set by the service")
 
 
 class OpenAIBatchTeacherSpec(_Strict):
@@ -197,6 +207,10 @@ class OpenAIBatchTeacherSpec(_Strict):
                                                           "missing requests are submitted again up to this")
     timeout_s: float = Field(600.0, gt=0, description="timeout of one call to the file and batch endpoints")
     supports_n: bool = Field(True, description="all samples of an example in one line (n)")
+    cache_namespace: str | None = Field(None, min_length=1, max_length=200, description=(
+        "completions are cached per endpoint (base_url); endpoints that serve the same weights share cached "
+        "completions when they name the same namespace"))
+    profile: str | None = Field(None, description="a teacher profile of the REST service; set by the service")
 
     # the same rules as the live teacher's
     _url = field_validator("base_url")(OpenAITeacherSpec._url.__func__)
@@ -209,7 +223,7 @@ TeacherSpec = Annotated[ReplayTeacherSpec | OpenAITeacherSpec | VLLMTeacherSpec 
 OPERATIONAL_TEACHER_FIELDS = {"base_url", "api_key_env", "transport", "max_concurrency", "rpm", "tpm",
                               "timeout_s", "max_attempts", "num_gpus", "gpu_memory_utilization",
                               "completion_window", "max_requests_per_batch", "max_bytes_per_batch",
-                              "poll_interval_s"}
+                              "poll_interval_s", "request_id_headers", "cache_namespace", "profile"}
 
 
 class CostSpec(_Strict):
@@ -249,12 +263,16 @@ class JobSpec(_Strict):
     cost: CostSpec | None = None
     executor: ExecutorSpec = ExecutorSpec()
     shard_size: int = Field(1000, ge=1, le=1_000_000, description="examples per shard (the unit of resume)")
+    max_error_rate: float = Field(0.1, ge=0.0, le=1.0, description=(
+        "share of teacher requests that may fail for an infrastructure reason (connection, 5xx, timeout after "
+        "the retries) before the job stops early with status failed; any such failure fails the job, and a "
+        "rerun retries exactly those requests"))
 
     @field_validator("job_id")
     @classmethod
     def _job_id(cls, v: str | None) -> str | None:
-        if v is not None and not _JOB_ID.match(v):
-            raise ValueError("job_id must be 1-128 characters of letters, digits, '.', '_' or '-'")
+        if v is not None and not is_job_id(v):
+            raise ValueError(f"job_id must be {JOB_ID_RULE}")
         return v
 
     @field_validator("task", mode="before")
@@ -270,7 +288,7 @@ class JobSpec(_Strict):
     def fingerprint(self) -> str:
         """Hash of what determines the records; the job id, prices, budget, the executor and how we reach
         the teacher (URL, key name, concurrency, rate budgets, timeouts) may change between runs of one job."""
-        data = self.model_dump(exclude={"job_id", "cost", "executor"}, mode="json")
+        data = self.model_dump(exclude={"job_id", "cost", "executor", "max_error_rate"}, mode="json")
         for name in OPERATIONAL_TEACHER_FIELDS:
             data["teacher"].pop(name, None)
         blob = json.dumps(data, sort_keys=True)
@@ -374,16 +392,37 @@ def apply_overrides(data: object, overrides: list[str], source: str) -> object:
 
 
 def load_job(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
-    """Read and validate a YAML (or JSON) job file. Raises JobSpecError naming the field."""
+    """Read and validate a YAML (or JSON) job file. Raises JobSpecError naming the field, or the line
+    (strict YAML: no aliases, no key given twice; see pipeline/yamlfile.py)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise JobSpecError(f"cannot read job file {path}: {exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise JobSpecError(f"job file {path} is not valid YAML: {exc}") from None
+    data, _ = read_yaml(path, "job file", JobSpecError)
     stem = re.sub(r"[^A-Za-z0-9._-]", "-", path.stem) or "job"
     data = apply_overrides(data, overrides or [], str(path))
     return parse_job(data, source=f"job file {path}", base_dir=path.parent.resolve(), default_job_id=stem)
+
+
+def _check_file(field: str, path: str) -> None:
+    p = Path(path)
+    if not p.exists():
+        raise JobSpecError(f"{field}: file not found: {p}", field=field)
+    if p.is_dir():
+        raise JobSpecError(f"{field}: {p} is a folder, not a file", field=field)
+    if not p.is_file():  # a pipe or a device: opening one may wait forever, reading it may never end
+        raise JobSpecError(f"{field}: {p} is not a regular file", field=field)
+    try:
+        with p.open("rb"):
+            pass
+    except OSError as exc:
+        raise JobSpecError(f"{field}: cannot read {p}: {exc.strerror or exc}", field=field) from None
+
+
+def check_files(spec: JobSpec, *, dataset: bool = True, prompt: bool = True, teacher: bool = True) -> None:
+    """Raise JobSpecError, naming the field, when a file the job names is missing, a folder or unreadable:
+    the dataset, the prompt template (`prompt.path`) and the replay teacher's recordings. A mistake in the job
+    file, found before anything is written (the CLI exits 2). The flags leave out what a caller brings itself."""
+    if dataset:
+        _check_file("dataset.path", spec.dataset.path)
+    if prompt and spec.prompt.path:
+        _check_file("prompt.path", spec.prompt.path)
+    if teacher and spec.teacher.backend == "replay":
+        _check_file("teacher.path", spec.teacher.path)

@@ -9,10 +9,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
+
+
+# A job id names files and folders of the corpus: letters, digits, '.', '_' and '-', starting with a letter or
+# digit. The one pattern, matched whole (never `re.match` with `$`, which also matches before a final newline).
+JOB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+JOB_ID_PATTERN = rf"^{JOB_ID_RE.pattern}$"  # for schemas: in JSON Schema and pydantic's engine `$` ends the text
+JOB_ID_RULE = "1-128 characters of letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+
+def is_job_id(value: object) -> bool:
+    """Whether `value` is a valid job id, matched in full."""
+    return isinstance(value, str) and JOB_ID_RE.fullmatch(value) is not None
 
 
 class RejectReason(StrEnum):
@@ -20,7 +33,9 @@ class RejectReason(StrEnum):
 
     BAD_ROW = "bad_row"                      # the dataset row itself is malformed
     MISSING_COMPLETION = "missing_completion"  # the teacher produced nothing for this request
-    TEACHER_ERROR = "teacher_error"          # the teacher refused this one request (e.g. a 400)
+    TEACHER_ERROR = "teacher_error"          # the teacher refused this one request (e.g. a 400): final
+    TEACHER_UNAVAILABLE = "teacher_unavailable"  # an infrastructure failure after the retries (connection, 5xx,
+                                                 # timeout, no text): not final, a rerun retries the request
     TRUNCATED = "truncated"                  # finish_reason == "length"
     INVALID_JSON = "invalid_json"            # structured output that is not valid JSON for the schema
     NO_ANSWER = "no_answer"                  # no answer could be extracted from the text
@@ -83,11 +98,13 @@ class TeacherRequest:
     model: str
     followup: str | None = None         # two-stage zero-shot CoT: the answer prompt sent after the reasoning
     response_schema: str | None = None  # structured output: the JSON schema (canonical JSON text)
+    endpoint: str | None = None         # the server that answers (its base URL, or a shared cache namespace)
 
     def cache_key(self) -> str:
-        """Hash of exactly what determines the answer: backend, model, messages, sampling, sample index
-        (and the answer prompt and response schema when there are any). Job names, filters and export
-        settings are not part of it, so changing them never pays for a completion twice."""
+        """Hash of exactly what determines the answer: backend, endpoint, model, messages, sampling, sample
+        index (and the answer prompt and response schema when there are any). Job names, filters and export
+        settings are not part of it, so changing them never pays for a completion twice. The endpoint is: two
+        servers that call their models by one name may serve different weights."""
         payload = {
             "backend": self.backend,
             "model": self.model,
@@ -101,6 +118,8 @@ class TeacherRequest:
             },
             "sample_idx": self.sample_idx,
         }
+        if self.endpoint is not None:
+            payload["endpoint"] = self.endpoint
         if self.followup is not None:
             payload["followup"] = self.followup
         if self.response_schema is not None:
@@ -124,6 +143,7 @@ class Completion:
     model: str | None = None
     error: str | None = None
     cost_usd: float | None = None
+    retryable: bool = False  # the error was an infrastructure failure (a `teacher_unavailable` reject, not final)
 
 
 @dataclass(frozen=True, slots=True)

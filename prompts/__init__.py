@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from pipeline.errors import PromptError
+from pipeline.yamlfile import read_yaml
 
 if TYPE_CHECKING:
     from pipeline.spec import PromptSpec
@@ -86,24 +85,20 @@ def label_hint(task: Task, example: Example) -> str:
 
 
 def _read(path: Path) -> PromptTemplate:
-    try:
-        raw = path.read_bytes()
-        data = yaml.safe_load(raw)
-    except OSError as exc:
-        raise PromptError(f"cannot read prompt template {path}: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise PromptError(f"prompt template {path} is not valid YAML: {exc}") from None
+    """Load a template file with the strict YAML loader (no aliases, no key given twice, a BOM is fine);
+    errors name the line, never quote the file."""
+    data, raw = read_yaml(path, "prompt template", PromptError)
     if not isinstance(data, dict):
         raise PromptError(f"prompt template {path} should be a mapping")
     unknown = set(data) - _KEYS
     if unknown:
-        raise PromptError(f"prompt template {path}: unknown keys {sorted(unknown)}")
+        raise PromptError(f"prompt template {path}: unknown keys {sorted(str(k)[:40] for k in unknown)[:10]}")
     for key in ("id", "user"):
         if not isinstance(data.get(key), str):
             raise PromptError(f"prompt template {path}: '{key}' is required and must be a string")
     output = data.get("output", "cot")
     if output not in ("cot", "json"):
-        raise PromptError(f"prompt template {path}: output must be 'cot' or 'json', not {output!r}")
+        raise PromptError(f"prompt template {path}: output must be 'cot' or 'json'")
     exemplars = data.get("exemplars") or []
     for i, shot in enumerate(exemplars):
         if not isinstance(shot, dict) or not {"input", "rationale", "answer"} <= set(shot):

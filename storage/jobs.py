@@ -6,7 +6,6 @@ URI (`storage/location.py`).
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,10 +13,9 @@ from pathlib import Path
 import pyarrow as pa
 
 from pipeline.errors import StorageError
+from pipeline.types import JOB_ID_RULE, is_job_id
 from storage.location import CorpusLocation
 from storage.schema import JOBS_SCHEMA
-
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 @dataclass(frozen=True)
@@ -51,8 +49,8 @@ assert [f.name for f in fields(JobState)] == JOBS_SCHEMA.names
 
 
 def check_job_id(job_id: str) -> str:
-    if not _SAFE_ID.match(job_id):
-        raise StorageError(f"job id {job_id!r} must be 1-128 letters, digits, '.', '_' or '-'")
+    if not is_job_id(job_id):
+        raise StorageError(f"job id {job_id!r} must be {JOB_ID_RULE}")
     return job_id
 
 

@@ -1,7 +1,7 @@
 """Where a corpus lives: a local folder, or a prefix on an object store named by a URI.
 
 - A plain path (`corpus`, `/data/corpus`) stays on the local code path: part files are written to a temp file,
-  fsynced and renamed (`storage/parquet.py`), and DuckDB reads them with `read_parquet`, sandboxed to the folder.
+  fsynced and renamed (`storage/parquet.py`); queries read them through pyarrow datasets (`storage/catalog.py`).
 - A URI with a scheme (`s3://bucket/prefix?endpoint_override=host:9000&scheme=http`, `gs://...`,
   `file:///...`) is resolved by `pyarrow.fs.FileSystem.from_uri` to a filesystem and a path inside it, so
   workers on other nodes write where the driver and DuckDB read. Credentials come from where that filesystem
@@ -106,6 +106,11 @@ class CorpusLocation:
             pattern = "/".join(["*"] * (depth - 1) + [f"*{suffix}"])
             return sorted(str(p) for p in top.glob(pattern)
                           if not any(_hidden(part) for part in p.relative_to(top).parts) and p.is_file())
+        return [info.path for info in self.store_infos(*folder, suffix=suffix, depth=depth)]
+
+    def store_infos(self, *folder: str, suffix: str = ".parquet", depth: int = 1) -> list[pafs.FileInfo]:
+        """On an object store: the FileInfo (path, size, mtime) of the files `list_files` names, by path, from
+        one listing."""
         top = self.path(*folder)
         try:
             infos = self.fs.get_file_info(pafs.FileSelector(top, recursive=depth > 1, allow_not_found=True))
@@ -116,8 +121,8 @@ class CorpusLocation:
             rel = info.path[len(top):].strip("/").split("/")
             if (info.type == pafs.FileType.File and len(rel) == depth and rel[-1].endswith(suffix)
                     and not any(_hidden(part) for part in rel)):
-                found.append(info.path)
-        return sorted(found)
+                found.append(info)
+        return sorted(found, key=lambda info: info.path)
 
     def read_bytes(self, *parts: str) -> bytes | None:
         """A small file's bytes, or None when it does not exist."""

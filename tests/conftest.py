@@ -55,8 +55,9 @@ def write_jsonl(path: Path, rows: list) -> Path:
 
 def stepwise(*args: str, cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess:
     """Run the real CLI in a subprocess, as a user would."""
+    # rich wraps stderr at 80 columns when it is not a terminal, inside long paths too: give it room
     proc = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True,
-                          cwd=cwd or ROOT, timeout=300)
+                          cwd=cwd or ROOT, timeout=300, env={**os.environ, "COLUMNS": "400"})
     if check and proc.returncode != 0:
         raise AssertionError(f"stepwise {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
@@ -143,3 +144,56 @@ def sigkill_when(proc: subprocess.Popen, ready, *, what: str, timeout: float = 3
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@dataclass
+class Listener:
+    """A stand-in provider on loopback (`listener` fixture): it answers every POST with a chat completion and
+    keeps each request's headers, so a test can count what reached it (a key, bookkeeping headers)."""
+
+    base_url: str
+    seen: list[dict[str, str]]
+
+    def carried(self, value: str) -> int:
+        """How many requests carried `value` in any header."""
+        return sum(1 for headers in self.seen if any(value in v for v in headers.values()))
+
+
+def start_listener() -> tuple[Listener, object]:
+    """A Listener on a free loopback port, and the function that stops it."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[dict[str, str]] = []
+    answer = json.dumps({"id": "x", "object": "chat.completion", "model": "m", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "Two and two make 4. So the answer is 4."},
+         "finish_reason": "stop"}], "usage": {"prompt_tokens": 5, "completion_tokens": 9}}).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - the http.server API
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            seen.append(dict(self.headers))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+
+    return Listener(f"http://127.0.0.1:{server.server_address[1]}/v1", seen), stop
+
+
+@pytest.fixture
+def listener() -> Iterator[Listener]:
+    found, stop = start_listener()
+    yield found
+    stop()

@@ -607,17 +607,27 @@ def test_dockerfile_cmd_and_healthcheck_parse():
 
 # ── sample jobs ────────────────────────────────────────────────────────────────────────────────────────────────
 
-SAMPLE_JOBS = sorted(JOBS.glob("*.yaml"))
+TEACHERS = JOBS / "teachers.yaml"  # the profiles the api service declares (STEPWISE_TEACHERS)
+SAMPLE_JOBS = sorted(p for p in JOBS.glob("*.yaml") if p != TEACHERS)
+
+
+def compose_job(path: Path):
+    """A sample job as the api container runs it: its teacher profile from teachers.yaml."""
+    from pipeline.admission import TeacherProfiles, apply_profile
+
+    spec = load_job(path)
+    return spec.model_copy(update={"teacher": apply_profile(spec.teacher, TeacherProfiles.load(TEACHERS),
+                                                            strict=True)})
 
 
 def test_there_is_a_sample_job_per_teacher():
-    hosts = {urlsplit(load_job(path).teacher.base_url).hostname for path in SAMPLE_JOBS}
+    hosts = {urlsplit(compose_job(path).teacher.base_url).hostname for path in SAMPLE_JOBS}
     assert hosts == {"sim", "vllm"}
 
 
 @pytest.mark.parametrize("path", SAMPLE_JOBS, ids=lambda p: p.name)
 def test_sample_jobs_load_and_point_at_the_compose_teachers(path):
-    spec = load_job(path)  # a valid job file
+    spec = compose_job(path)  # a valid job file, and a valid REST job under the compose profiles
     assert Path(spec.dataset.path).is_file() and Path(spec.dataset.path).parent == JOBS, \
         "datasets live beside the job (the folder mounted at /data/jobs)"
     assert spec.executor.kind == "ray" and spec.executor.address is None, "the cluster comes from $RAY_ADDRESS"
@@ -628,6 +638,21 @@ def test_sample_jobs_load_and_point_at_the_compose_teachers(path):
     if url.hostname == "vllm":
         (served,) = [p["--served-model-name"] for _, p in parsed_commands()["vllm"]]
         assert spec.teacher.model == served, "teacher.model must be the name vLLM serves"
+
+
+def test_the_api_reads_the_profiles_and_data_from_the_mounted_jobs_folder():
+    env = service("api")["environment"]
+    mounted = {"/data/jobs": JOBS}
+    assert Path(env["STEPWISE_TEACHERS"]).parent.as_posix() in mounted and env["STEPWISE_DATA_DIRS"] in mounted
+    from pipeline.admission import TeacherProfiles
+
+    profiles = TeacherProfiles.load(TEACHERS)
+    for name, profile in profiles.profiles.items():
+        url = urlsplit(profile.fields["base_url"])
+        if url.hostname in SERVICES:  # a compose teacher: on the compose network, no key
+            assert url.port in listen_ports(url.hostname) and profile.fields.get("api_key_env") is None, name
+        else:  # a hosted one: over TLS, with a key passed to every node
+            assert url.scheme == "https" and profile.fields["api_key_env"] in service("api")["environment"], name
 
 
 # ── the checks can fail ────────────────────────────────────────────────────────────────────────────────────────

@@ -16,10 +16,12 @@ from api.deps import Authorized, Corpus, JobId, Service, StrictQuery, in_query_s
 from api.encode import json_safe
 from api.errors import errors
 from api.schemas import PARQUET, JobAccepted, JobCreated, JobList, JobStatus, JobView, RecordPage
-from pipeline.spec import JobSpec, parse_job
+from api.strict_json import StrictJSONRoute
+from pipeline.spec import JobSpec
 from storage.catalog import query as run_query
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Authorized, StrictQuery])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Authorized, StrictQuery],
+                   route_class=StrictJSONRoute)
 
 _MEDIA = {"parquet": (PARQUET, "parquet")}
 _JSONL = ("application/x-ndjson", "jsonl")
@@ -27,10 +29,8 @@ _JSONL = ("application/x-ndjson", "jsonl")
 
 @router.post("", status_code=202, response_model=JobCreated, responses=errors(409))
 def submit_job(spec: JobSpec, service: Service) -> JobCreated:
-    """Start a job (the schema of a job file); it runs in its own process and outlives this server."""
-    # once more through parse_job: the default job id, and relative paths read from the server's folder
-    spec = parse_job(spec.model_dump(mode="json"), source="request body", base_dir=Path.cwd(),
-                     default_job_id="job")
+    """Start a job (the schema of a job file, its files inside the data roots, its teacher a profile); it runs in
+    its own process and outlives this server."""
     return JobCreated(job_id=service.submit(spec))
 
 
@@ -74,10 +74,10 @@ async def list_records(job_id: JobId, service: Service, corpus: Corpus, request:
         where = f"job_id = '{job_id}'"  # JobId allows only letters, digits, '.', '_' and '-'
         if accepted is not None:
             where += f" AND accepted = {'true' if accepted else 'false'}"
-        total = run_query(corpus, f"SELECT count(*) AS n FROM records WHERE {where}").column("n")[0].as_py()
-        table = run_query(corpus, f"SELECT * FROM records WHERE {where} ORDER BY example_id, sample_idx "
-                                  f"LIMIT {limit} OFFSET {offset}", max_rows=limit)
-        return RecordPage(items=json_safe(table.to_pylist()), total=total, limit=limit, offset=offset)
+        total = run_query(corpus, f"SELECT count(*) AS n FROM records WHERE {where}").table.column("n")[0].as_py()
+        rows = run_query(corpus, f"SELECT * FROM records WHERE {where} ORDER BY example_id, sample_idx "
+                                 f"LIMIT {limit} OFFSET {offset}", max_rows=limit).table.to_pylist()
+        return RecordPage(items=json_safe(rows), total=total, limit=limit, offset=offset)
 
     return await in_query_slot(request, page)
 

@@ -6,6 +6,7 @@ import math
 import re
 from dataclasses import replace
 
+from pipeline.errors import short
 from pipeline.tasks.base import Task, normalize_text
 from pipeline.tasks.numbers import UnsafeExpression, canonical_number, evaluate, numbers_equal
 from pipeline.types import Example
@@ -56,7 +57,7 @@ class MultipleChoiceTask(Task):
             g = gold.strip().strip("()").upper()
             if len(g) == 1 and g.isalpha():
                 return g
-            raise ValueError(f"gold {gold!r} needs choices: give choices_field or inline 'Answer choices:'")
+            raise ValueError(f"gold {short(gold)} needs choices: give choices_field or inline 'Answer choices:'")
         g = gold.strip().strip("()")
         by_letter = choices[ord(g.lower()) - 97] if len(g) == 1 and g.isalpha() and ord(g.lower()) - 97 < len(choices) else None
         if by_letter is not None and g.isupper():  # "B" / "(B)" is a letter, even when some choice reads "b"
@@ -67,7 +68,7 @@ class MultipleChoiceTask(Task):
                 return c
         if by_letter is not None:
             return by_letter
-        raise ValueError(f"gold {gold!r} is neither a choice nor a choice letter")
+        raise ValueError(f"gold {short(gold)} is neither a choice nor a choice letter")
 
     def extract(self, answer: str, example: Example) -> str | None:
         text = answer.strip()
@@ -122,7 +123,7 @@ class LabelSetTask(Task):
     def normalize_gold(self, gold: str, example: Example) -> str:
         label = self.aliases.get(normalize_text(gold))
         if label is None:
-            raise ValueError(f"gold {gold!r} is not one of {list(self.labels)}")
+            raise ValueError(f"gold {short(gold)} is not one of {list(self.labels)}")
         return label
 
     def extract(self, answer: str, example: Example) -> str | None:
@@ -197,7 +198,7 @@ class ArithmeticTask(Task):
         try:
             return canonical_number(evaluate(_THOUSANDS.sub("", gold).replace("$", "")))
         except UnsafeExpression as exc:
-            raise ValueError(f"gold {gold!r} is not a number or an arithmetic expression ({exc})") from None
+            raise ValueError(f"gold {short(gold)} is not a number or an arithmetic expression ({exc})") from None
 
     def extract(self, answer: str, example: Example) -> str | None:
         text = _THOUSANDS.sub("", answer.split("\n", 1)[0]).replace("$", "")

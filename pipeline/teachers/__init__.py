@@ -8,8 +8,10 @@ from pipeline.errors import TeacherError
 from pipeline.teachers.base import TeacherBackend
 
 
-def build_backend(spec, *, corpus: str | Path | None = None, cost=None, rate=None, meter=None) -> TeacherBackend:
-    """The backend a job's `teacher` block asks for. Live backends cache completions under the corpus."""
+def build_backend(spec, *, corpus: str | Path | None = None, cost=None, rate=None, meter=None,
+                  max_error_rate: float | None = None) -> TeacherBackend:
+    """The backend a job's `teacher` block asks for. Live backends cache completions under the corpus; the live
+    engine stops the job once more than `max_error_rate` of its requests failed."""
     if spec.backend == "replay":
         from pipeline.teachers.replay import ReplayBackend
 
@@ -19,7 +21,7 @@ def build_backend(spec, *, corpus: str | Path | None = None, cost=None, rate=Non
         from pipeline.teachers.openai_compat import OpenAIBackend
 
         cache = RequestCache.for_corpus(corpus) if corpus is not None else None
-        return OpenAIBackend(spec, cache=cache, cost=cost, rate=rate, meter=meter)
+        return OpenAIBackend(spec, cache=cache, cost=cost, rate=rate, meter=meter, max_error_rate=max_error_rate)
     if spec.backend == "vllm":
         from pipeline.cache import RequestCache
         from pipeline.teachers.vllm_backend import VLLMBackend

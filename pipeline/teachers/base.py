@@ -6,6 +6,7 @@ import concurrent.futures
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from pipeline.errors import TeacherFailingError
 from pipeline.types import Completion, TeacherRequest
 
 
@@ -14,6 +15,7 @@ class TeacherBackend(Protocol):
 
     backend: str  # the backend's name as written in job files ("replay", "openai", ...)
     model: str    # the teacher model, recorded with each record
+    endpoint: str | None  # the server answering, part of each request's cache key (None: the model says it all)
     events: Callable[[Completion, bool], None] | None  # live backends report each completion as it arrives
 
     def submit(self, requests: Sequence[TeacherRequest]) -> concurrent.futures.Future[list[Completion]]:
@@ -29,3 +31,35 @@ def completed_future(completions: list[Completion]) -> concurrent.futures.Future
     future: concurrent.futures.Future[list[Completion]] = concurrent.futures.Future()
     future.set_result(completions)
     return future
+
+
+class ErrorBudget:
+    """How many requests a job lets fail before it stops early.
+
+    A request that still fails after its retries (connection refused, 5xx, timeouts, a body that is not a
+    completion) is `teacher_unavailable`, not final: a rerun sends it again; one the teacher refuses (a 4xx) is
+    a final `teacher_error`. When more than `max_rate` of the finished requests failed either way (once
+    `MIN_FAILED` have), the teacher is down or the job is misconfigured (a wrong model name), and going on
+    would only fail the rest slowly: `record` returns the error that stops the job, naming the teacher's URL.
+    """
+
+    MIN_FAILED = 10  # a handful of failures among the first requests is not yet a rate
+
+    def __init__(self, max_rate: float, where: str):
+        self.max_rate, self.where = max_rate, where
+        self.ok = self.failed = 0
+        self.last_error: str | None = None
+
+    def record(self, ok: int = 0, failed: int = 0, error: str | None = None) -> TeacherFailingError | None:
+        """Count finished requests; the error to stop the job with once the budget is exceeded, else None."""
+        self.ok += ok
+        self.failed += failed
+        if error:
+            self.last_error = error
+        done = self.ok + self.failed
+        if self.failed >= self.MIN_FAILED and self.failed > self.max_rate * done:
+            return TeacherFailingError(
+                f"the teacher at {self.where} is failing: {self.failed:,} of {done:,} requests failed after their "
+                f"retries, more than max_error_rate={self.max_rate:g} (last: {self.last_error}); finished "
+                f"shards and every completed request are kept: run the job again once the teacher is back")
+        return None

@@ -251,6 +251,7 @@ class OpenAIBatchBackend:
 
         self.spec = spec
         self.model = spec.model
+        self.endpoint = spec.cache_namespace or spec.base_url
         self.cache = cache
         self.price = cost
         self.meter = meter if meter is not None else CostMeter(cost)
@@ -432,7 +433,7 @@ class OpenAIBatchBackend:
         for line in fresh:
             if len(line.data) > self.spec.max_bytes_per_batch:
                 self._give_up(task, line, f"the request is {len(line.data):,} bytes, more than "
-                                          f"max_bytes_per_batch ({self.spec.max_bytes_per_batch:,})")
+                                          f"max_bytes_per_batch ({self.spec.max_bytes_per_batch:,})", retryable=False)
                 continue
             if chunk and (len(chunk) == self.spec.max_requests_per_batch
                           or size + len(line.data) > self.spec.max_bytes_per_batch):
@@ -566,7 +567,7 @@ class OpenAIBatchBackend:
                 task.queue.append(line)
             else:
                 tries = f"{line.attempts} batch{'es' if line.attempts != 1 else ''}"
-                self._give_up(task, line, f"gave up after {tries}: {why}" if again else why)
+                self._give_up(task, line, f"gave up after {tries}: {why}" if again else why, retryable=again)
 
     def _completions(self, line: _Line, resp: ChatResponse, latency: float | None) -> list[Completion]:
         out = choice_completions(line.members, resp, latency, self.model, self.price)
@@ -579,10 +580,12 @@ class OpenAIBatchBackend:
                 self.stats.completed += 1
         return out
 
-    def _give_up(self, task: _Task, line: _Line, why: str) -> None:
+    def _give_up(self, task: _Task, line: _Line, why: str, *, retryable: bool) -> None:
+        """Final answers for a line that failed: `retryable` (failed, expired, missing) ones are sent again by a
+        rerun of the job; refused ones (a 4xx) are final."""
         for req, key in line.members:
             self._deliver(task, Completion(key, req.example_id, req.sample_idx, None, None, error=why,
-                                           model=self.model))
+                                           model=self.model, retryable=retryable))
             self.stats.failed += 1
 
     def _deliver(self, task: _Task, c: Completion, *, cached: bool = False) -> None:
@@ -672,9 +675,11 @@ class OpenAIBatchBackend:
         try:
             return fn(*args, **kwargs)
         except openai.APITimeoutError:
-            raise TeacherTimeoutError(f"{what}: no response within {self.spec.timeout_s:g} s") from None
+            raise TeacherTimeoutError(f"{what}: no response from {self.spec.base_url} within "
+                                      f"{self.spec.timeout_s:g} s") from None
         except openai.APIConnectionError as exc:
-            raise TeacherConnectionError(f"{what}: connection failed ({type(exc).__name__})") from None
+            raise TeacherConnectionError(f"{what}: connection to {self.spec.base_url} failed "
+                                         f"({type(exc).__name__})") from None
         except openai.APIStatusError as exc:
             status, text, headers = exc.status_code, exc.response.text, dict(exc.response.headers)
         except (openai.APIError, ValueError, KeyError, TypeError, AttributeError) as exc:

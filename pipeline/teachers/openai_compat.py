@@ -41,6 +41,7 @@ from pipeline.errors import (
     TransientTeacherError,
 )
 from pipeline.spec import CostSpec, OpenAITeacherSpec
+from pipeline.teachers.base import ErrorBudget
 from pipeline.teachers.limits import AdaptiveConcurrency, RateBudget, parse_reset, request_tokens
 from pipeline.teachers.transport import ChatResponse, build_transport, chat_body, choice_completions
 from pipeline.types import Completion, TeacherRequest
@@ -114,11 +115,14 @@ class OpenAIBackend:
     backend = "openai"
 
     def __init__(self, spec: OpenAITeacherSpec, cache: RequestCache | None = None, cost: CostSpec | None = None,
-                 *, rate=None, meter=None):
+                 *, rate=None, meter=None, max_error_rate: float | None = None):
         """`rate` and `meter` replace this process's RPM/TPM budget and cost meter with shared ones (objects
-        with the same async methods), so that several workers of one job share one budget."""
+        with the same async methods), so that several workers of one job share one budget. `max_error_rate`
+        stops the job once more requests than that share failed (`ErrorBudget`); None never stops it."""
         self.spec = spec
         self.model = spec.model
+        self.endpoint = spec.cache_namespace or spec.base_url
+        self.errors = ErrorBudget(max_error_rate, spec.base_url) if max_error_rate is not None else None
         self.cache = cache
         self.price = cost
         self.meter = meter if meter is not None else CostMeter(cost)
@@ -227,18 +231,19 @@ class OpenAIBackend:
         """One HTTP request for one or more samples of an example (n = len(members))."""
         first = members[0][0]
         body = chat_body(self.spec.model, first, len(members), messages, self.spec.structured_output)
-        # informational headers (the simulator counts by them); ids are percent-encoded: headers are ASCII
-        headers = {"X-Stepwise-Request-Keys": ",".join(k[:16] for _, k in members),
-                   "X-Stepwise-Example-Id": quote(first.example_id, safe=""),
-                   "X-Stepwise-Sample-Idx": ",".join(str(r.sample_idx) for r, _ in members)}
+        headers = {}
+        if self.spec.request_id_headers:  # the simulator's bookkeeping; ids percent-encoded: headers are ASCII
+            headers = {"X-Stepwise-Request-Keys": ",".join(k[:16] for _, k in members),
+                       "X-Stepwise-Example-Id": quote(first.example_id, safe=""),
+                       "X-Stepwise-Sample-Idx": ",".join(str(r.sample_idx) for r, _ in members)}
         try:
             resp, latency = await self._send_with_retries(body, headers)
         except (RequestRejectedError, TransientTeacherError) as exc:
-            reason = str(exc) if isinstance(exc, RequestRejectedError) else \
-                f"gave up after {self.spec.max_attempts} attempts: {exc}"
-            self.stats.failed += len(members)
-            out = [Completion(k, r.example_id, r.sample_idx, None, None, error=reason, model=self.model)
-                   for r, k in members]
+            retryable = isinstance(exc, TransientTeacherError)
+            reason = f"gave up after {self.spec.max_attempts} attempts: {exc}" if retryable else str(exc)
+            out = [Completion(k, r.example_id, r.sample_idx, None, None, error=reason, model=self.model,
+                              retryable=retryable) for r, k in members]
+            self._count(out)
             for c in out:
                 self._emit(c, False)
             return out
@@ -249,9 +254,21 @@ class OpenAIBackend:
         for c in out:
             if self.cache is not None and c.text is not None:
                 self.cache.put(c)  # durable before anything else happens: paid once, kept
-            self.stats.completed += 1
+        self._count(out)
+        for c in out:
             self._emit(c, False)
         return out
+
+    def _count(self, out: list[Completion]) -> None:
+        """Count answers and failures; past the error budget the job stops (TeacherFailingError)."""
+        failed = [c for c in out if c.text is None]
+        self.stats.completed += len(out) - len(failed)
+        self.stats.failed += len(failed)
+        if self.errors is not None and self._fatal is None:
+            stop = self.errors.record(ok=len(out) - len(failed), failed=len(failed),
+                                      error=failed[-1].error if failed else None)
+            if stop is not None:
+                self._fatal = stop
 
     async def _two_stage(self, req: TeacherRequest, key: str) -> list[Completion]:
         """Zero-shot CoT: stage 1 asks for reasoning; stage 2 sends it back with the answer prompt."""

@@ -67,6 +67,8 @@ def load_recorded(path: Path) -> dict[tuple[str, int], Recorded]:
                 row = json.loads(line)
             except ValueError as exc:
                 raise TeacherError(f"{path} line {lineno}: invalid JSON ({exc})") from None
+            except RecursionError:
+                raise TeacherError(f"{path} line {lineno}: nested too deeply") from None
             key, rec = _parse_row(row, f"{path} line {lineno}")
             out[key] = rec
     return out
@@ -76,6 +78,7 @@ class ReplayBackend:
     """A teacher that answers from recorded completions."""
 
     backend = "replay"
+    endpoint = None  # no server: the model (a path or hub id) names the weights
     events = None
 
     def __init__(self, recorded: Mapping[tuple[str, int], Recorded], model: str = "replay"):

@@ -84,7 +84,7 @@ def choice_completions(members: Sequence[tuple[TeacherRequest, str]], resp: Chat
         tout = round(total_out * est[i] / max(1, sum(est)))
         out.append(Completion(key, req.example_id, req.sample_idx, text, finish or "stop", tin, tout, latency,
                               resp.model or model, None if text is not None else "the teacher returned no text",
-                              price.cost(tin, tout) if price else None))
+                              price.cost(tin, tout) if price else None, retryable=text is None))
     return out
 
 

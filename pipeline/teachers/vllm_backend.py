@@ -79,7 +79,7 @@ def to_completions(call: Call, output: Any, model: str, latency_s: float | None)
         tin = None if prompt_tokens is None else prompt_tokens // n + (prompt_tokens % n if i == 0 else 0)
         if o is None:
             result.append(Completion(key, req.example_id, req.sample_idx, None, None, tin, None, latency_s, model,
-                                     "the engine returned fewer outputs than samples"))
+                                     "the engine returned fewer outputs than samples", retryable=True))
             continue
         finish = getattr(o, "finish_reason", None) or "stop"
         result.append(Completion(key, req.example_id, req.sample_idx, o.text, finish, tin,
@@ -91,6 +91,7 @@ class VLLMBackend:
     """Teacher backend running `vllm.LLM` in this process (a Ray worker actor that holds the GPUs)."""
 
     backend = "vllm"
+    endpoint = None  # no server: the model (a path or hub id) names the weights
     events = None
 
     def __init__(self, spec, cache: RequestCache | None = None, cost=None):

@@ -168,7 +168,7 @@ def read_job(root: str, job_id: str, split: tuple[float, float, float], split_se
     splits = split_records(records, split, split_seed)
     questions = query(root, f"SELECT example_id, any_value(input) AS input, any_value(gold_label) AS gold_label "
                             f"FROM records WHERE job_id = '{job_id}' AND input IS NOT NULL GROUP BY example_id "
-                            f"ORDER BY example_id", max_rows=1 << 40).to_pylist()
+                            f"ORDER BY example_id", max_rows=1 << 40, max_bytes=1 << 40).table.to_pylist()
     splits["test"] = [Record(q["example_id"], 0, q["input"], None, None, q["gold_label"]) for q in questions
                       if assign_split(q["example_id"], split, split_seed) == "test"]
     return splits, spec

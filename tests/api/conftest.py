@@ -86,9 +86,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(corpus: Path, log: Path, token: str | None = TOKEN, *flags: str, timeout_s: float = 30.0) -> Server:
+def start_server(corpus: Path, log: Path, token: str | None = TOKEN, *flags: str, timeout_s: float = 30.0,
+                 env: dict[str, str] | None = None) -> Server:
+    """`stepwise serve` over `corpus`; `env` adds STEPWISE_* settings (data dirs, teacher profiles)."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "STEPWISE_API_TOKEN"}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("STEPWISE_")}, **(env or {})}
     if token:
         env["STEPWISE_API_TOKEN"] = token
     out = log.open("ab")
@@ -115,11 +117,21 @@ def start_server(corpus: Path, log: Path, token: str | None = TOKEN, *flags: str
 stop = stop_process  # the shared teardown, under the name these tests use
 
 
+def open_settings(folder: Path, data_dir: Path) -> dict[str, str]:
+    """Settings of a server whose jobs may read any file under `data_dir` (pytest's temp folder, where the tests
+    write their datasets) and name a teacher URL of their own (the simulators, on ports picked per test; no key
+    is ever sent with one)."""
+    teachers = folder / "teachers.yaml"
+    teachers.write_text("allow_free_urls: true\n", encoding="utf-8")
+    return {"STEPWISE_DATA_DIRS": str(data_dir), "STEPWISE_TEACHERS": str(teachers)}
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One server per test module over a fresh corpus, token required."""
+    """One server per test module over a fresh corpus, token required; see `open_settings`."""
     folder = tmp_path_factory.mktemp("api")
-    srv = start_server(folder / "corpus", folder / "server.log")
+    srv = start_server(folder / "corpus", folder / "server.log",
+                       env=open_settings(folder, tmp_path_factory.getbasetemp()))
     yield srv
     stop(srv.proc)
     stop_jobs(folder / "corpus")

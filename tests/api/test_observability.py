@@ -60,17 +60,19 @@ def test_a_running_job_reports_its_rate_eta_and_progress_then_its_finished_run(s
     assert view["teacher_accuracy"] == 1.0  # the simulator answers right (--wrong-rate 0)
 
 
-def test_refused_requests_show_as_last_errors_and_reject_reasons(server, start_sim, tmp_path):
+def test_failed_requests_show_as_last_errors_and_reject_reasons(server, start_sim, tmp_path):
     sim = sim_for(start_sim, tmp_path, 40, *FAST, "--faults", "error_500=0.3", "--seed", "5")
-    body = job_body(tmp_path, sim, "obs-errors", 40, teacher={"max_attempts": 1}, sampling={"seed": 32})
+    body = job_body(tmp_path, sim, "obs-errors", 40, teacher={"max_attempts": 1}, sampling={"seed": 32},
+                    max_error_rate=1.0)  # run to the end whatever fails
     assert server.post("/v1/jobs", body).status == 202
-    view = server.wait("obs-errors", {"completed"})
+    view = server.wait("obs-errors", {"failed"})  # requests failed: the job says so, naming the URL
+    assert sim.base_url in view["error"] and "teacher_unavailable" in view["error"]
 
     rows = server.post("/v1/query", {"sql": "SELECT example_id, sample_idx FROM records WHERE job_id = "
-                                            "'obs-errors' AND reject_reason = 'teacher_error'"}).json()["rows"]
+                                            "'obs-errors' AND reject_reason = 'teacher_unavailable'"}).json()["rows"]
     refused = {(r["example_id"], r["sample_idx"]) for r in rows}
     assert 3 <= len(refused) <= 25, refused  # 30 % of 40, give or take
-    assert view["reject_reasons"]["teacher_error"] == len(refused)
+    assert view["reject_reasons"]["teacher_unavailable"] == len(refused)
     assert sum(view["reject_reasons"].values()) == view["n_rejected"]
     errors = view["last_errors"]
     assert len(errors) == min(10, len(refused))

@@ -11,12 +11,13 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import positive_data_acceptance
 
 from api.app import create_app
+from api.settings import ServiceSettings
 from tests.api.conftest import TOKEN
 
 # the schema the server publishes, built at collection time from the same app `stepwise serve` runs; the requests
 # go over HTTP to the real server of the `server` fixture
 with tempfile.TemporaryDirectory() as _folder:
-    schema = schemathesis.openapi.from_dict(create_app(_folder, TOKEN).openapi())
+    schema = schemathesis.openapi.from_dict(create_app(ServiceSettings(corpus=_folder, api_token=TOKEN)).openapi())
 
 
 @schema.parametrize()

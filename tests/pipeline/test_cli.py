@@ -188,13 +188,13 @@ def test_changed_spec_with_the_same_job_id_conflicts_unless_overwrite(tmp_path):
     assert sql(corpus, "SELECT count(*) AS n, count(*) FILTER (WHERE accepted) AS a FROM records") == [{"n": 5, "a": 5}]
 
 
-def test_a_missing_dataset_is_exit_code_1_and_writes_nothing(tmp_path):
+def test_a_missing_dataset_is_exit_code_2_and_writes_nothing(tmp_path):
     job = make_job(tmp_path / "job")
     (tmp_path / "job" / "problems.jsonl").unlink()
     corpus = tmp_path / "corpus"
     proc = stepwise("run", str(job), "--corpus", str(corpus), "--quiet")
-    assert proc.returncode == 1
-    assert "dataset file not found" in said(proc)
+    assert proc.returncode == 2
+    assert "dataset.path: file not found" in said(proc)
     assert not corpus.exists()
 
 

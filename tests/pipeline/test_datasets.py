@@ -6,15 +6,20 @@ import csv
 import io
 import json
 import re
+import time
+import tracemalloc
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from pipeline.datasets import content_id, detect_format, read_examples
-from pipeline.errors import DatasetError
-from pipeline.spec import DatasetSpec
+from pipeline.datasets import _read_json, check_fields, check_gold, content_id, detect_format, read_examples
+from pipeline.errors import DatasetError, JobSpecError
+from pipeline.spec import DatasetSpec, TaskSpec
+from pipeline.tasks import build_task
 from pipeline.types import Example, RowReject
 from tests.conftest import write_jsonl
 
@@ -339,3 +344,306 @@ def test_unreadable_files_raise_dataset_error(tmp_path, name, content, message):
 def test_a_folder_is_not_a_dataset(tmp_path):
     with pytest.raises(DatasetError, match="dataset file not found"):
         read(tmp_path)
+
+
+# ── hostile rows: any nesting, any size, a byte-order mark ───────────────────────────────────────────────────────
+def _deep(depth: int) -> str:
+    """A list nested `depth` levels deep: 2 bytes a level, 1,100 levels is the 2 KB row that crashed runs."""
+    return "[" * depth + "]" * depth
+
+
+def _deep_object(depth: int) -> dict:
+    """A row whose objects nest `depth` levels (the row is level 1)."""
+    row: dict = {"id": "b1", "question": "Deep?"}
+    node = row
+    for _ in range(depth - 1):
+        node["m"] = {"v": 1}
+        node = node["m"]
+    return row
+
+
+GOOD_ROWS = [{"id": "g1", "question": "What is 10 minus 4?"}, {"id": "g2", "question": "What is 3 times 3?"}]
+
+
+def _deep_file(tmp_path: Path, layout: str, depth: int) -> Path:
+    """GOOD_ROWS with a row nested `depth` levels between them, in one layout."""
+    a, b = (json.dumps(r) for r in GOOD_ROWS)
+    deep = _deep(depth)
+    if layout == "jsonl":
+        return _write(tmp_path / "d.jsonl", f"{a}\n{deep}\n{b}\n")
+    if layout == "jsonl_object":
+        return _write(tmp_path / "d.jsonl", f'{a}\n{{"id": "b1", "question": "q", "x": {deep}}}\n{b}\n')
+    if layout == "json_lines_named_json":  # the deep row first: the format is told from the first line
+        return _write(tmp_path / "d.json", f'{{"id": "b1", "question": "q", "x": {deep}}}\n{a}\n{b}\n')
+    if layout == "json_array":
+        return _write(tmp_path / "d.json", f"[{a}, {deep}, {b}]")
+    if layout == "json_wrapper":  # a deep value beside `data` is skipped without being built
+        return _write(tmp_path / "d.json", f'{{"meta": {deep}, "data": [{a}, {deep}, {b}], "tail": {deep}}}')
+    if layout == "csv_json_cell":
+        return _write(tmp_path / "d.csv", f'id,question,choices\ng1,Q1?,a|b\nb1,Deep?,"{deep}"\ng2,Q2?,a|b\n')
+    raise AssertionError(layout)
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+DEEP_LAYOUTS = [
+    ("jsonl", "row 1: nested too deeply (more than 100 levels)"),
+    ("jsonl_object", "row 1: nested too deeply (more than 100 levels)"),
+    ("json_lines_named_json", "row 0: nested too deeply (more than 100 levels)"),
+    ("json_array", "row 1: nested too deeply (more than 100 levels)"),
+    ("json_wrapper", "row 1: nested too deeply (more than 100 levels)"),
+    ("csv_json_cell", "row 1: field 'choices' is nested too deeply (more than 100 levels)"),
+]
+
+
+@pytest.mark.parametrize("depth", [101, 1_100, 300_000])
+@pytest.mark.parametrize(("layout", "reason"), DEEP_LAYOUTS)
+def test_a_row_of_any_nesting_is_a_bad_row_and_the_others_load(tmp_path, layout, reason, depth):
+    path = _deep_file(tmp_path, layout, depth)
+    extra = {"choices_field": "choices"} if layout == "csv_json_cell" else {}
+    started = time.perf_counter()
+    items = read(path, id_field="id", max_row_bytes=10_000_000, **extra)
+    elapsed = time.perf_counter() - started
+    good = [i.id for i in items if isinstance(i, Example)]
+    bad = [i.reason for i in items if isinstance(i, RowReject)]
+    assert sorted(good) == ["g1", "g2"] and bad == [reason]
+    assert elapsed < 5, f"{elapsed:.2f} s for a row nested {depth} levels"
+
+
+def test_a_parquet_schema_nested_too_deeply_is_a_dataset_error(tmp_path):
+    # Parquet has one schema for every row, and pyarrow reads at most 100 levels of it
+    path = write_format(tmp_path, "parquet", [_deep_object(101)])
+    with pytest.raises(DatasetError, match="cannot read Parquet file .* too deeply nested"):
+        read(path, id_field="id")
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json_array"])
+def test_rows_nested_up_to_the_limit_load(tmp_path, fmt):
+    rows = [_deep_object(100), {**_deep_object(101), "id": "b2"}]
+    path = write_format(tmp_path, fmt, rows)
+    items = read(path, id_field="id")
+    assert isinstance(items[0], Example) and items[0].id == "b1"
+    assert items[1].reason == "row 1: nested too deeply (more than 100 levels)"
+
+
+@pytest.mark.parametrize(("middle", "reason"), [
+    ('{"id": "b1", "question": "lone \\udc80 escape"}', "row 1: invalid UTF-8 in a string value"),
+    ('{"id": "b1", "question": "Fine", "k\\ud800": 1}', "row 1: invalid UTF-8 in a string value"),
+    ('{"id": "b1", "question": "a\\ud800\\u0041"}', "row 1: invalid UTF-8 in a string value"),
+    ('{"id": "b1", "question": "Pick.", "answer": [' + ", ".join(["1"] * 10_000) + "]}",
+     "row 1: field 'answer' should be a string or a number, got list: [1, 1, 1, 1, ...]"),
+    ('{"id": "b1", "question": "Pick.", "answer": ' + '{"a": ' * 50 + "1" + "}" * 50 + "}",
+     "row 1: field 'answer' should be a string or a number, got dict: {'a': {'a': {...}}}"),
+], ids=["lone_surrogate_value", "lone_surrogate_key", "high_surrogate_then_letter", "huge_list_gold",
+         "nested_gold"])
+@pytest.mark.parametrize("layout", ["jsonl", "json_array"])
+def test_rows_that_would_echo_or_break_become_short_bad_rows(tmp_path, layout, middle, reason):
+    a, b = (json.dumps(r | {"answer": "1"}) for r in GOOD_ROWS)
+    path = (_write(tmp_path / "d.jsonl", f"{a}\n{middle}\n{b}\n") if layout == "jsonl"
+            else _write(tmp_path / "d.json", f"[{a}, {middle}, {b}]"))
+    items = read(path, id_field="id", answer_field="answer")
+    assert [type(i).__name__ for i in items] == ["Example", "RowReject", "Example"]
+    assert items[1].reason == reason
+
+
+def test_a_duplicate_id_message_shows_a_short_id(tmp_path):
+    long_id = "x" * 100_000
+    path = write_jsonl(tmp_path / "d.jsonl", [{"id": long_id, "question": "One?"}, {"id": long_id, "question": "Two?"}])
+    items = read(path, id_field="id")
+    assert items[1].reason.startswith("row 1: duplicate id 'xxxxxxxxxxxxxxxxx") and len(items[1].reason) < 120
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json_array", "json_wrapper", "json_lines_named_json", "csv_pipe",
+                                 "csv_json"])
+def test_a_utf8_byte_order_mark_is_ignored(tmp_path, fmt):
+    plain = read(write_format(tmp_path, fmt, ROWS), **FIELDS)
+    path = write_format(tmp_path, fmt, ROWS)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert read(path, **FIELDS) == plain
+    assert all(isinstance(i, Example) for i in plain)
+
+
+def test_a_tsv_with_a_byte_order_mark(tmp_path):
+    path = tmp_path / "d.tsv"
+    path.write_bytes(b"\xef\xbb\xbfid\tquestion\nq1\tHow many?\n")
+    assert [(i.id, i.input) for i in read(path, id_field="id")] == [("q1", "How many?")]
+
+
+# ── JSON arrays are read element by element ──────────────────────────────────────────────────────────────────────
+def _json_value(draw_children):
+    return st.one_of(st.lists(draw_children, max_size=4),
+                     st.dictionaries(st.text(max_size=6), draw_children, max_size=4))
+
+
+def _json_rows():
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(-(10**30), 10**30),
+                        st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=20))
+    values = st.recursive(scalars, _json_value, max_leaves=20)
+    return st.lists(st.dictionaries(st.text(max_size=8), values, max_size=5), min_size=1, max_size=5)
+
+
+def test_streamed_rows_equal_json_loads_and_sizes_equal_json_dumps(tmp_path):
+    """The element builder against the standard library: the same rows, and the same byte counts."""
+    path = tmp_path / "d.json"
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(_json_rows())
+    def check(rows):
+        text = json.dumps(rows, ensure_ascii=False)
+        path.write_text(text, encoding="utf-8")
+        built = list(_read_json(path, max_bytes=10**9))
+        assert [row for _, row, _, _ in built] == json.loads(text)
+        assert [size for _, _, _, size in built] == [len(json.dumps(r, ensure_ascii=False).encode()) for r in rows]
+        tiny = list(_read_json(path, max_bytes=1))
+        assert all(row is None and problem for _, row, problem, _ in tiny)
+
+    check()
+
+
+def test_an_oversized_element_is_measured_exactly_but_not_kept(tmp_path):
+    row = {"id": "b1", "question": "é" * 3000, "tags": ["a\"b", "c\\d", 1.5, True, None, {"k": "\n"}]}
+    path = _write(tmp_path / "d.json", json.dumps([GOOD_ROWS[0], row, GOOD_ROWS[1]]))
+    items = read(path, id_field="id", max_row_bytes=1000)
+    size = len(json.dumps(row, ensure_ascii=False).encode())
+    assert [getattr(i, "reason", i.id) for i in items] == [
+        "g1", f"row 1: row is {size} bytes, larger than max_row_bytes=1000", "g2"]
+
+
+def test_a_json_array_is_not_held_whole_in_memory(tmp_path):
+    rows = [{"id": f"r{i}", "question": f"Question {i}: " + "words " * 150} for i in range(20_000)]
+    path = _write(tmp_path / "d.json", json.dumps(rows))
+    assert path.stat().st_size > 18_000_000
+    tracemalloc.start()
+    try:
+        n = 0
+        for item in read_examples(spec(path, id_field="id")):
+            n += isinstance(item, Example)
+            item = None
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert n == 20_000
+    # the ids seen so far (duplicate check) grow with the file; the rows themselves do not stay
+    assert peak < 6_000_000, f"peak {peak / 1e6:.1f} MB while reading a {path.stat().st_size / 1e6:.0f} MB array"
+
+
+def test_rows_before_a_syntax_error_are_read_and_the_error_does_not_quote_the_file(tmp_path):
+    path = _write(tmp_path / "d.json", '[{"id": "g1", "question": "Fine?"}, {"id": SECRET-MARKER-7]')
+    reader = read_examples(spec(path, id_field="id"))
+    assert next(reader).id == "g1"
+    with pytest.raises(DatasetError) as info:
+        next(reader)
+    assert "is not valid JSON" in str(info.value) and "after 1 array elements" in str(info.value)
+    assert "SECRET" not in str(info.value)
+
+
+@pytest.mark.parametrize(("content", "words"), [
+    (b'[{"id": "g1", "question": "Fine?"}] SECRET-MARKER-7', "trailing garbage"),
+    (b'[{"id": "g1", "question": "Fine?"}, {"SECRET-MARKER-7": ', "premature EOF"),
+    (b'{"meta": "SECRET-MARKER-7"}', "expected a JSON array of objects, got dict"),
+    (b'"SECRET-MARKER-7"', "expected a JSON array of objects, got str"),
+    (b'[{"id": "g1", "question": "caf\xe9"}, SECRET-MARKER-7 \xff]', "is not valid JSON: Unexpected symbol"),
+    (b'[{"id": "g1", "question": "caf\\ud800"}, SECRET-MARKER-7]', "is not valid JSON: Unexpected symbol"),
+])
+def test_broken_json_arrays_raise_without_quoting_the_file(tmp_path, content, words):
+    path = tmp_path / "d.json"
+    path.write_bytes(content)
+    with pytest.raises(DatasetError) as info:
+        read(path, id_field="id", format="json")
+    assert words in str(info.value) and "SECRET" not in str(info.value), str(info.value)
+
+
+# ── mapping checks: a field no row has, gold none of which fits ──────────────────────────────────────────────────
+MAPPING_ROWS = [{"id": "q1", "question": "Is snow cold?", "answer": "yes", "choices": ["yes", "no"],
+                 "p": "Snow fell.", "h": "It is cold."},
+                {"id": "q2", "question": "Is fire cold?", "answer": "no", "choices": ["yes", "no"],
+                 "p": "A fire burns.", "h": "It is cold."}]
+
+
+@pytest.mark.parametrize(("fields", "field"), [
+    ({"question_field": "q"}, "dataset.question_field"),
+    ({"id_field": "qid"}, "dataset.id_field"),
+    ({"answer_field": "label"}, "dataset.answer_field"),
+    ({"choices_field": "options"}, "dataset.choices_field"),
+    ({"premise_field": "premise", "hypothesis_field": "h"}, "dataset.premise_field"),
+    ({"premise_field": "p", "hypothesis_field": "hyp"}, "dataset.hypothesis_field"),
+], ids=lambda v: v if isinstance(v, str) else None)
+@pytest.mark.parametrize("fmt", ["jsonl", "json_array", "csv_json", "parquet"])
+def test_a_field_no_row_has_is_a_job_spec_error_showing_the_keys(tmp_path, fmt, fields, field):
+    path = write_format(tmp_path, fmt, MAPPING_ROWS)
+    with pytest.raises(JobSpecError) as info:
+        check_fields(spec(path, **fields))
+    assert info.value.field == field
+    wanted = next(v for k, v in fields.items() if f"dataset.{k}" == field)
+    assert str(info.value) == (f"{field}: no row of {path.name} has a field {wanted!r} "
+                               f"(its 2 rows have: id, question, answer, choices, p, h)")
+
+
+def test_fields_that_every_row_has_pass(tmp_path):
+    path = write_format(tmp_path, "jsonl", MAPPING_ROWS)
+    check_fields(spec(path, id_field="id", answer_field="answer", choices_field="choices"))
+    check_fields(spec(path, question_field="ignored with premise and hypothesis", premise_field="p",
+                      hypothesis_field="h"))
+
+
+def test_a_field_some_rows_have_is_left_to_bad_rows(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"id": "a", "question": "One?"}, {"id": "b", "text": "Two?"}])
+    check_fields(spec(path, id_field="id"))
+    assert [type(i).__name__ for i in read(path, id_field="id")] == ["Example", "RowReject"]
+
+
+def test_only_the_first_thousand_rows_are_looked_at(tmp_path):
+    rows = [{"id": f"r{i}", "text": f"Row {i}?"} for i in range(1500)] + [{"id": "late", "question": "Late?"}]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    with pytest.raises(JobSpecError, match=r"\(the first 1,000 rows have: id, text\)"):
+        check_fields(spec(path))
+
+
+def test_rows_that_cannot_be_read_leave_the_check_to_bad_rows(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text("not json\n[1, 2]\n", encoding="utf-8")
+    check_fields(spec(path, question_field="q"))
+
+
+def test_many_long_keys_are_shown_short(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{f"{'k' * 60}{i}": i for i in range(30)}])
+    with pytest.raises(JobSpecError) as info:
+        check_fields(spec(path))
+    message = str(info.value)
+    assert "its one row has: kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk..., " in message and message.endswith(", ...)")
+    assert len(message) < 1000
+
+
+def _examples(golds, choices=None):
+    return [Example(f"e{i}", f"Question {i}?", g, choices) for i, g in enumerate(golds)]
+
+
+@pytest.mark.parametrize(("kind", "golds", "choices", "words"), [
+    ("yes_no", ["maybe", "perhaps", "maybe"], None, "'maybe', 'perhaps'; gold 'maybe' is not one of ['yes', 'no']"),
+    ("multiple_choice", ["the sea", "a river"], ("sky", "desert"), "gold 'the sea' is neither a choice"),
+    ("multiple_choice", ["the sea"], None, "needs choices"),
+    ("arithmetic", ["seven", "nine"], None, "gold 'seven' is not a number"),
+    ("nli", ["sometimes"], None, "gold 'sometimes' is not one of ['entailment', 'neutral', 'contradiction']"),
+])
+def test_gold_none_of_which_fits_the_task_is_a_job_spec_error(kind, golds, choices, words):
+    with pytest.raises(JobSpecError) as info:
+        check_gold(build_task(TaskSpec(kind=kind)), _examples(golds, choices))
+    assert info.value.field == "dataset.answer_field"
+    assert str(info.value).startswith(f"dataset.answer_field: no gold answer fits task kind {kind!r}")
+    assert words in str(info.value), str(info.value)
+
+
+def test_gold_that_fits_once_or_is_absent_passes():
+    task = build_task(TaskSpec(kind="yes_no"))
+    check_gold(task, _examples(["maybe"] * 50 + ["Yes"]))  # the misfits become bad rows, as before
+    check_gold(task, _examples([None, None]))
+    check_gold(task, [])
+
+
+def test_a_huge_gold_value_is_shown_short():
+    with pytest.raises(JobSpecError) as info:
+        check_gold(build_task(TaskSpec(kind="yes_no")), _examples(["w" * 1_000_000]))
+    assert len(str(info.value)) < 400

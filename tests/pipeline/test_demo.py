@@ -14,7 +14,7 @@ def test_demo_runs_end_to_end_and_a_second_run_pays_nothing(tmp_path):
     assert first.returncode == 0, first.stderr
     assert "demo done" in first.stderr
     rows = query(corpus, "SELECT count(*) AS n, count(DISTINCT example_id) AS examples, sum(accepted::int) AS ok, "
-                         "sum(cost_usd) > 0 AS costed, count(tokens_out) AS with_tokens FROM records").to_pylist()[0]
+                         "sum(cost_usd) > 0 AS costed, count(tokens_out) AS with_tokens FROM records").table.to_pylist()[0]
     # 20 problems x 4 samples, plus the one malformed row kept as a bad_row reject
     assert (rows["n"], rows["examples"], rows["costed"], rows["with_tokens"]) == (81, 21, True, 80)
     lines = (out / "demo-finetune-cot.jsonl").read_text().splitlines()
@@ -29,4 +29,4 @@ def test_demo_runs_end_to_end_and_a_second_run_pays_nothing(tmp_path):
     assert again.returncode == 0, again.stderr
     joined = " ".join(again.stderr.split())
     assert "shards run / skipped │ 0 / 3" in joined
-    assert query(corpus, "SELECT count(*) AS n FROM records").to_pylist() == [{"n": 81}]
+    assert query(corpus, "SELECT count(*) AS n FROM records").table.to_pylist() == [{"n": 81}]

@@ -135,7 +135,7 @@ def accepted(expected: dict) -> list[tuple[tuple[str, int], dict]]:
 def test_the_corpus_holds_what_the_replay_job_should_make(corpus):
     root, arith, _ = corpus
     rows = query(root, f"SELECT example_id, sample_idx, accepted, reject_reason, label, rationale, input "
-                       f"FROM records WHERE job_id = '{ARITH}' ORDER BY example_id, sample_idx").to_pylist()
+                       f"FROM records WHERE job_id = '{ARITH}' ORDER BY example_id, sample_idx").table.to_pylist()
     assert len(rows) == 60
     for r in rows:
         exp = arith[(r["example_id"], r["sample_idx"])]

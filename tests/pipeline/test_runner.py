@@ -65,7 +65,7 @@ def test_sigkill_mid_run_then_resume_gives_exactly_the_expected_rows(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert not list(parts.glob(".*.tmp")), "stale temp files are cleaned on resume"
     table = query(corpus, "SELECT count(*) AS n, count(DISTINCT example_id || '/' || sample_idx) AS distinct_keys "
-                          "FROM records WHERE job_id = 'kill-test'")
+                          "FROM records WHERE job_id = 'kill-test'").table
     assert table.to_pylist() == [{"n": n, "distinct_keys": n}]
     state = JobRegistry(corpus).get("kill-test")
     assert (state.status, state.shards_done, state.n_records) == ("completed", n // shard, n)
@@ -89,7 +89,7 @@ def test_self_consistency_over_samples(tmp_path):
     summary = run_job(load_job(job), corpus)
     assert summary.n_records == 32
     rows = query(corpus, "SELECT example_id, sample_idx, label, consensus_label, agreement, accepted, reject_reason "
-                         "FROM records WHERE example_id = 'q1' ORDER BY sample_idx").to_pylist()
+                         "FROM records WHERE example_id = 'q1' ORDER BY sample_idx").table.to_pylist()
     # q1: gold 1 + 2 = 3; sample k is wrong when (1 + k) % 4 == 0, i.e. k = 3
     assert [r["label"] for r in rows] == ["3", "3", "3", "4"]
     assert {r["consensus_label"] for r in rows} == {"3"}
@@ -107,5 +107,5 @@ def test_auto_task_kind_and_unlabeled_data(tmp_path):
     assert spec.job_id.startswith("job-") and len(spec.job_id) == len("job-") + 8
     summary = run_job(spec, tmp_path / "corpus")
     assert summary.reject_reasons == {"missing_completion": 2}
-    rows = query(tmp_path / "corpus", "SELECT gold_label, correct, prompt_id FROM records").to_pylist()
+    rows = query(tmp_path / "corpus", "SELECT gold_label, correct, prompt_id FROM records").table.to_pylist()
     assert rows == [{"gold_label": None, "correct": None, "prompt_id": "zero_shot_cot"}] * 2

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from pipeline.errors import JobSpecError
-from pipeline.spec import JobSpec, load_job, parse_job
+from pipeline.spec import JobSpec, check_files, load_job, parse_job
 from tests.conftest import stepwise
 
 BASE = {
@@ -229,7 +229,7 @@ def test_fingerprint_treats_shorthand_and_long_form_alike():
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("dataset: [unclosed\n", "is not valid YAML"),
+    ("dataset: [unclosed\n", "j.yaml, line 2, column 1: not valid YAML: expected ',' or ']'"),
     ("- just\n- a list\n", "(top level): expected a mapping, got list"),
     ("", "(top level): expected a mapping, got NoneType"),
 ])
@@ -257,7 +257,7 @@ def test_job_spec_is_the_model_parse_job_builds():
     (yaml.safe_dump(job(**{"filters": {"min_rationale_chars": 9, "max_rationale_chars": 3}})), "filters"),
     (yaml.safe_dump(job(colour="blue")), "colour"),
     (yaml.safe_dump(job(task="poetry")), "task.kind"),
-    ("dataset:\n  path: [data.jsonl\ntask: arithmetic\n", "is not valid YAML"),
+    ("dataset:\n  path: [data.jsonl\ntask: arithmetic\n", "bad.yaml, line 3, column 5: not valid YAML"),
 ], ids=["temperature", "dataset_path", "filters", "extra_key", "task_kind", "yaml_syntax"])
 def test_cli_rejects_an_invalid_job_file_and_writes_nothing(tmp_path, text, field):
     job_file = tmp_path / "bad.yaml"
@@ -273,3 +273,107 @@ def test_cli_rejects_an_invalid_job_file_and_writes_nothing(tmp_path, text, fiel
     assert "Traceback" not in proc.stderr
     assert proc.stdout == ""
     assert not corpus.exists()
+
+
+# ── strict YAML job files (pipeline/yamlfile.py) ─────────────────────────────────────────────────────────────────
+def test_an_alias_bomb_job_file_is_refused_fast_naming_the_line(tmp_path):
+    import time
+
+    from tests.pipeline.test_yamlfile import alias_bomb
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(alias_bomb() + yaml.safe_dump(job()), encoding="utf-8")
+    started = time.perf_counter()
+    with pytest.raises(JobSpecError) as info:
+        load_job(path)
+    assert time.perf_counter() - started < 0.2
+    assert str(info.value) == (f"job file {path}, line 2, column 8: YAML aliases (*name) are not allowed here: "
+                               f"write the value out")
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("dataset: {path: a.jsonl}\ntask: exact\ndataset: {path: b.jsonl}\nprompt: few_shot_cot\n",
+     "line 3, column 1: key 'dataset' is given twice in this mapping (first at line 1)"),
+    ("dataset:\n  path: a.jsonl\n  question_field: q\n  question_field: question\n",
+     "line 4, column 3: key 'question_field' is given twice in this mapping (first at line 3)"),
+], ids=["top_level", "nested"])
+def test_a_key_given_twice_in_a_job_file_names_the_key_and_both_lines(tmp_path, text, words):
+    path = tmp_path / "j.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(JobSpecError) as info:
+        load_job(path)
+    assert str(info.value) == f"job file {path}, {words}"
+
+
+def test_a_job_file_with_a_byte_order_mark_loads(tmp_path):
+    path = tmp_path / "j.yaml"
+    path.write_bytes(b"\xef\xbb\xbf" + yaml.safe_dump(job()).encode())
+    assert load_job(path).dataset.answer_field == "answer"
+
+
+def test_a_job_file_that_is_not_utf8_names_the_line(tmp_path):
+    path = tmp_path / "j.yaml"
+    path.write_bytes(yaml.safe_dump(job()).encode() + b"note: caf\xe9\n")
+    with pytest.raises(JobSpecError, match=r"j\.yaml, line \d+, column 10: not valid UTF-8"):
+        load_job(path)
+
+
+# ── files the job names: check_files (exit 2 through run_job) ────────────────────────────────────────────────────
+def _files(tmp_path: Path, **changes) -> JobSpec:
+    for name in ("data.jsonl", "completions.jsonl", "mine.yaml"):
+        (tmp_path / name).write_text("{}\n", encoding="utf-8")
+    data = job(**{"prompt": {"id": "mine", "path": "mine.yaml"}, **changes})
+    return load_job(write_job(tmp_path / "j.yaml", data))
+
+
+@pytest.mark.parametrize(("field", "change"), [
+    ("dataset.path", {"dataset.path": "missing.jsonl"}),
+    ("prompt.path", {"prompt": {"id": "mine", "path": "missing.yaml"}}),
+    ("teacher.path", {"teacher.path": "missing.jsonl"}),
+])
+def test_a_missing_file_is_a_job_spec_error_naming_the_field(tmp_path, field, change):
+    spec = _files(tmp_path, **change)
+    with pytest.raises(JobSpecError) as info:
+        check_files(spec)
+    assert info.value.field == field
+    section, name = field.split(".")
+    missing = getattr(getattr(spec, section), name)
+    assert missing.startswith(str(tmp_path / "missing."))
+    assert str(info.value) == f"{field}: file not found: {missing}"
+
+
+@pytest.mark.parametrize("field", ["dataset.path", "prompt.path", "teacher.path"])
+def test_a_folder_is_a_job_spec_error_naming_the_field(tmp_path, field):
+    (tmp_path / "folder").mkdir()
+    change = {"prompt": {"id": "mine", "path": "folder"}} if field == "prompt.path" else {field: "folder"}
+    with pytest.raises(JobSpecError) as info:
+        check_files(_files(tmp_path, **change))
+    assert info.value.field == field and str(info.value) == f"{field}: {tmp_path / 'folder'} is a folder, not a file"
+
+
+def test_a_pipe_is_a_job_spec_error_and_never_opened(tmp_path):
+    import os
+
+    spec = _files(tmp_path, **{"teacher.path": "fifo"})
+    os.mkfifo(tmp_path / "fifo")  # opening it for reading would wait for a writer forever
+    with pytest.raises(JobSpecError) as info:
+        check_files(spec)
+    assert info.value.field == "teacher.path" and str(info.value).endswith("fifo is not a regular file")
+
+
+def test_an_unreadable_file_is_a_job_spec_error_naming_the_field(tmp_path):
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root reads every file")
+    spec = _files(tmp_path)
+    (tmp_path / "data.jsonl").chmod(0)
+    with pytest.raises(JobSpecError, match=r"^dataset\.path: cannot read .*data\.jsonl: Permission denied"):
+        check_files(spec)
+
+
+def test_what_a_caller_brings_itself_is_not_checked(tmp_path):
+    spec = _files(tmp_path, **{"dataset.path": "gone.jsonl", "teacher.path": "gone.jsonl",
+                               "prompt": {"id": "mine", "path": "gone.yaml"}})
+    check_files(spec, dataset=False, prompt=False, teacher=False)
+    check_files(_files(tmp_path, prompt="few_shot_cot"))  # a built-in prompt has no path

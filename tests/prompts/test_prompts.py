@@ -104,3 +104,39 @@ def test_answer_schema_enumerates_choices_and_labels():
                                                                                    "contradiction"]
     arith = build_task(TaskSpec(kind="arithmetic"))
     assert answer_schema(arith, EXAMPLES["arithmetic"])["properties"]["label"] == {"type": ["number", "string"]}
+
+
+# ── strict YAML templates: aliases, keys given twice, a BOM, and errors that never quote the file ───────────────
+SECRET = "SECRET-MARKER-4be1"
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (f"id: x\nuser: hi\n  system: {SECRET}\n", "line 3, column 9: not valid YAML: mapping values are not allowed here"),
+    (f"id: x\nuser: [{SECRET}\n", "line 3, column 1: not valid YAML: expected ',' or ']'"),
+    (f'id: x\nuser: "{SECRET}\n', "line 3, column 1: not valid YAML: found unexpected end of stream"),
+    (f"id: x\nuser: !{SECRET} hi\n", "line 2, column 7: not valid YAML: could not determine a constructor"),
+    (f"id: x\nsystem: &s {SECRET}\nuser: *s\n", "line 3, column 7: YAML aliases (*name) are not allowed here"),
+    (f"id: x\nuser: {SECRET}\nuser: hi\n", "line 3, column 1: key 'user' is given twice in this mapping "
+                                           "(first at line 2)"),
+    (f"id: x\noutput: {SECRET}\nuser: hi\n", "output must be 'cot' or 'json'"),
+], ids=["indentation", "flow", "quote", "tag", "alias", "duplicate_key", "bad_value"])
+def test_template_errors_name_the_line_and_never_echo_the_file(tmp_path, content, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(PromptError) as info:
+        load_prompt(PromptSpec(id="x", path=str(path)), "exact")
+    assert message in str(info.value), str(info.value)
+    assert str(info.value).startswith(f"prompt template {path}")
+    assert SECRET not in str(info.value)
+
+
+def test_a_template_with_a_byte_order_mark_loads_and_hashes_its_bytes(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_bytes(b"\xef\xbb\xbfid: mine\nuser: 'Q: {input}'\n")
+    prompt = load_prompt(PromptSpec(id="mine", path=str(path)), "exact")
+    assert prompt.id == "mine" and prompt.hash == hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def test_a_missing_template_is_a_prompt_error(tmp_path):
+    with pytest.raises(PromptError, match="cannot read prompt template .*gone.yaml: No such file or directory"):
+        load_prompt(PromptSpec(id="x", path=str(tmp_path / "gone.yaml")), "exact")

@@ -25,7 +25,7 @@ COLUMNS = "example_id, sample_idx, label, rationale, accepted, reject_reason, co
 
 def records(root, job_id: str = "kill-test") -> list[dict]:
     return query(root, f"SELECT {COLUMNS} FROM records WHERE job_id = '{job_id}' "
-                       f"ORDER BY example_id, sample_idx").to_pylist()
+                       f"ORDER BY example_id, sample_idx").table.to_pylist()
 
 
 def without_time(rows: list[dict]) -> list[dict]:
@@ -39,7 +39,7 @@ def shards(n: int, job_id: str = "kill-test") -> list[str]:
 def test_a_job_on_s3_gives_the_records_of_a_local_run_and_a_rerun_skips_every_shard(s3, tmp_path):
     job = make_job(tmp_path, 250, samples=2, shard_size=100)
     local = run_job(load_job(job), tmp_path / "local")
-    assert query(s3.uri(), "SELECT count(*) AS n FROM records").to_pylist() == [{"n": 0}]  # before: empty views
+    assert query(s3.uri(), "SELECT count(*) AS n FROM records").table.to_pylist() == [{"n": 0}]  # before: empty views
     remote = run_job(load_job(job), s3.uri())
     assert (remote.status, remote.shards_run, remote.n_records) == ("completed", 3, 500)
     assert (remote.n_accepted, remote.tokens_in, remote.reject_reasons) == \
@@ -56,7 +56,7 @@ def test_a_job_on_s3_gives_the_records_of_a_local_run_and_a_rerun_skips_every_sh
     again = run_job(load_job(job), s3.uri())
     assert (again.status, again.shards_run, again.shards_skipped, again.n_records) == ("completed", 0, 3, 500)
     assert records(s3.uri()) == first  # nothing rewritten: created_at is still the first run's
-    assert query(s3.uri(), "SELECT status, n_records FROM jobs").to_pylist() == \
+    assert query(s3.uri(), "SELECT status, n_records FROM jobs").table.to_pylist() == \
         [{"status": "completed", "n_records": 500}]
 
 
@@ -68,7 +68,7 @@ def test_overwrite_replaces_the_records_on_s3_and_a_changed_spec_conflicts_witho
     summary = run_job(changed, s3.uri(), overwrite=True)
     assert (summary.shards_run, summary.n_records) == (5, 250)
     assert s3.keys("corpus/records") == shards(5)
-    assert query(s3.uri(), "SELECT count(*) AS n FROM records").to_pylist() == [{"n": 250}]
+    assert query(s3.uri(), "SELECT count(*) AS n FROM records").table.to_pylist() == [{"n": 250}]
 
 
 def test_the_cli_runs_and_queries_an_s3_corpus_and_the_sandbox_still_refuses_files(s3, tmp_path):
@@ -105,7 +105,7 @@ def test_cancel_markers_live_beside_the_registry_rows_and_do_not_disturb_the_job
     registry.request_cancel("kill-test")
     assert registry.cancel_requested("kill-test")
     assert "corpus/jobs/kill-test.cancel" in s3.keys()
-    assert query(s3.uri(), "SELECT count(*) AS n FROM jobs").to_pylist() == [{"n": 1}]
+    assert query(s3.uri(), "SELECT count(*) AS n FROM jobs").table.to_pylist() == [{"n": 1}]
     registry.clear_cancel("kill-test")
     registry.clear_cancel("kill-test")  # twice is fine
     assert not registry.cancel_requested("kill-test")

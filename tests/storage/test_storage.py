@@ -1,4 +1,5 @@
-"""Storage: the one Arrow schema, atomic part files (proved with a SIGKILL), the job registry, the query sandbox."""
+"""Storage: the one Arrow schema, atomic part files (proved with a SIGKILL), the job registry, the views
+(the query sandbox: test_query_sandbox.py)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.errors import QueryError, QueryRefusedError, StorageError
+from pipeline.errors import QueryError, StorageError
 from pipeline.types import RationaleRecord
-from storage.catalog import check_read_only, connect, query
+from storage.catalog import connect, query
 from storage.jobs import JobRegistry, JobState
 from storage.parquet import records_to_table, remove_stale_temp_files, write_records, write_table_atomic
 from storage.schema import JOBS_SCHEMA, RECORDS_SCHEMA, SCHEMA_VERSION
@@ -140,9 +141,9 @@ def test_a_writer_killed_mid_write_leaves_no_part_file(tmp_path):
     (tmp,) = folder.glob(".*.tmp")
     assert tmp.name.startswith(".shard-000001.parquet.") and tmp.stat().st_size > 0
     # the views read only whole part files: the half-written temp file is invisible
-    counts = query(root, "SELECT job_id, count(*) AS n FROM records GROUP BY job_id")
+    counts = query(root, "SELECT job_id, count(*) AS n FROM records GROUP BY job_id").table
     assert counts.to_pylist() == [{"job_id": "big-job", "n": 2}]
-    assert query(root, "SELECT example_id FROM records ORDER BY 1").column(0).to_pylist() == ["e1", "e2"]
+    assert query(root, "SELECT example_id FROM records ORDER BY 1").table.column(0).to_pylist() == ["e1", "e2"]
 
     assert remove_stale_temp_files(folder) == 1
     assert sorted(p.name for p in folder.iterdir()) == ["shard-000000.parquet"]
@@ -187,7 +188,7 @@ def test_job_registry_roundtrip(tmp_path):
     done = registry.save(replace(saved, status="completed", shards_done=3, n_records=10, error=None))
     got = registry.get("nightly-1")
     assert got == done and got.status == "completed" and got.shards_done == 3 and got.created_at == WHEN
-    rows = query(tmp_path, "SELECT job_id, status, n_records, created_at FROM jobs").to_pylist()
+    rows = query(tmp_path, "SELECT job_id, status, n_records, created_at FROM jobs").table.to_pylist()
     assert rows == [{"job_id": "nightly-1", "status": "completed", "n_records": 10, "created_at": WHEN}]
 
 
@@ -221,9 +222,9 @@ def test_views_exist_on_an_empty_corpus(tmp_path, layout):
             assert con.execute(f"SELECT count(*) FROM {view}").fetchone() == (0,)
     finally:
         con.close()
-    table = query(root, "SELECT * FROM records")
+    table = query(root, "SELECT * FROM records").table
     assert table.column_names == RECORDS_SCHEMA.names and table.num_rows == 0
-    table = query(root, "SELECT * FROM jobs")
+    table = query(root, "SELECT * FROM jobs").table
     assert table.column_names == JOBS_SCHEMA.names and table.num_rows == 0
     assert not (layout == "missing_root" and root.exists())  # reading never creates the corpus
 
@@ -231,16 +232,16 @@ def test_views_exist_on_an_empty_corpus(tmp_path, layout):
 def test_queries_see_parts_and_jobs_written_after_the_first_query(tmp_path):
     """`query` keeps one database per corpus: it must still see what is written after it was built."""
     count = "SELECT (SELECT count(*) FROM records) AS records, (SELECT count(*) FROM jobs) AS jobs"
-    assert query(tmp_path, count).to_pylist() == [{"records": 0, "jobs": 0}]  # built with empty views
+    assert query(tmp_path, count).table.to_pylist() == [{"records": 0, "jobs": 0}]  # built with empty views
     write_records([record("e1")], tmp_path / "records" / "job-a" / "shard-000000.parquet")
-    assert query(tmp_path, count).to_pylist() == [{"records": 1, "jobs": 0}]
+    assert query(tmp_path, count).table.to_pylist() == [{"records": 1, "jobs": 0}]
     JobRegistry(tmp_path).save(JobState(job_id="job-a", status="running", fingerprint="f", spec_json="{}",
                                         created_at=WHEN, updated_at=WHEN))
     write_records([record("e2"), record("e3")], tmp_path / "records" / "job-a" / "shard-000001.parquet")
-    assert query(tmp_path, count).to_pylist() == [{"records": 3, "jobs": 1}]
+    assert query(tmp_path, count).table.to_pylist() == [{"records": 3, "jobs": 1}]
     # a part file replaced (an --overwrite) is read anew, not from a cache
     write_records([record("z1", rationale="replaced")], tmp_path / "records" / "job-a" / "shard-000000.parquet")
-    assert query(tmp_path, "SELECT example_id FROM records ORDER BY 1").column("example_id").to_pylist() == \
+    assert query(tmp_path, "SELECT example_id FROM records ORDER BY 1").table.column("example_id").to_pylist() == \
         ["e2", "e3", "z1"]
 
 
@@ -254,7 +255,7 @@ def test_concurrent_queries_each_get_their_answer_and_a_timeout_stops_only_its_o
             with pytest.raises(QueryError, match="longer than"):
                 query(tmp_path, "SELECT count(*) FROM range(100000000000) a", timeout_s=0.2)
             return None
-        return query(tmp_path, f"SELECT count(*) AS n FROM records WHERE example_id <> 'e{i % 50}'").column("n")[0]
+        return query(tmp_path, f"SELECT count(*) AS n FROM records WHERE example_id <> 'e{i % 50}'").table.column("n")[0]
 
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(one, range(40)))
@@ -278,7 +279,7 @@ def test_records_view_types_and_rows(tmp_path):
     write_records([record("e1"), record("e2", 1, correct=False, accepted=False)],
                   tmp_path / "records" / "job-a" / "shard-000000.parquet")
     write_records([record("x9", job_id="job-b")], tmp_path / "records" / "job-b" / "shard-000000.parquet")
-    table = query(tmp_path, "SELECT * FROM records ORDER BY job_id, example_id")
+    table = query(tmp_path, "SELECT * FROM records ORDER BY job_id, example_id").table
     assert table.column_names == RECORDS_SCHEMA.names
     assert [(r["job_id"], r["example_id"], r["accepted"]) for r in table.to_pylist()] == [
         ("job-a", "e1", True), ("job-a", "e2", False), ("job-b", "x9", True)]
@@ -287,118 +288,4 @@ def test_records_view_types_and_rows(tmp_path):
     assert table.column("created_at").to_pylist()[0] == WHEN
 
 
-# ── the query sandbox ────────────────────────────────────────────────────────────────────────────────────────────
-@pytest.fixture()
-def corpus(tmp_path) -> Path:
-    root = tmp_path / "corpus"
-    write_records([record(f"e{i}") for i in range(3)], root / "records" / "job-a" / "shard-000000.parquet")
-    outside = tmp_path / "outside.parquet"
-    pq.write_table(pa.table({"secret": ["do not read"]}), outside)
-    (tmp_path / "corpus-sibling").mkdir()
-    pq.write_table(pa.table({"secret": ["sibling"]}), tmp_path / "corpus-sibling" / "s.parquet")
-    return root
-
-
-REFUSED = [
-    ("read_csv", "SELECT * FROM read_csv('/etc/passwd')"),
-    ("read_csv_auto_bare", "FROM read_csv_auto('/etc/hostname')"),
-    ("read_text", "SELECT * FROM read_text('/etc/passwd')"),
-    ("read_blob", "SELECT * FROM read_blob('/etc/passwd')"),
-    ("read_json", "SELECT * FROM read_json('/etc/passwd')"),
-    ("glob", "SELECT * FROM glob('/etc/*')"),
-    ("proc_environ", "SELECT * FROM read_text('/proc/self/environ')"),
-    ("read_parquet_outside", "SELECT * FROM read_parquet('{outside}')"),
-    ("read_parquet_dotdot", "SELECT * FROM read_parquet('{root}/../outside.parquet')"),
-    ("read_parquet_sibling_prefix", "SELECT * FROM read_parquet('{root}-sibling/s.parquet')"),
-    ("copy_to", "COPY (SELECT * FROM records) TO '{root}/../leak.csv'"),
-    ("copy_from", "COPY records FROM '/etc/passwd'"),
-    ("create_table", "CREATE TABLE t AS SELECT * FROM records"),
-    ("create_view", "CREATE VIEW v AS SELECT 1"),
-    ("insert", "INSERT INTO records SELECT * FROM records"),
-    ("delete", "DELETE FROM records"),
-    ("update", "UPDATE records SET label = 'x'"),
-    ("drop", "DROP VIEW records"),
-    ("export_database", "EXPORT DATABASE '{root}/../dump'"),
-    ("attach", "ATTACH '{root}/../other.duckdb' AS other"),
-    ("detach", "DETACH memory"),
-    ("install", "INSTALL httpfs"),
-    ("load", "LOAD httpfs"),
-    ("set", "SET enable_external_access = true"),
-    ("reset", "RESET allowed_directories"),
-    ("pragma", "PRAGMA database_list"),
-    ("call", "CALL pragma_version()"),
-    ("two_statements", "SELECT 1; SELECT 2"),
-    ("select_then_copy", "SELECT 1; COPY (SELECT 1) TO '/tmp/x.csv'"),
-    ("duckdb_extensions", "SELECT * FROM duckdb_extensions()"),
-]
-
-
-@pytest.mark.parametrize("sql", [pytest.param(s, id=i) for i, s in REFUSED])
-def test_the_sandbox_refuses(corpus, sql):
-    sql = sql.format(root=corpus, outside=corpus.parent / "outside.parquet")
-    before = sorted(p.relative_to(corpus.parent) for p in corpus.parent.rglob("*"))
-    with pytest.raises(QueryRefusedError):
-        query(corpus, sql)
-    assert sorted(p.relative_to(corpus.parent) for p in corpus.parent.rglob("*")) == before  # nothing written
-
-
-@pytest.mark.parametrize("relative", [True, False], ids=["relative", "absolute"])
-def test_the_sandbox_does_not_read_the_working_directory_tmp_folder(tmp_path, monkeypatch, relative):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / ".tmp").mkdir()
-    secret = tmp_path / ".tmp" / "secret.csv"
-    secret.write_text("token\nhunter2\n", encoding="utf-8")
-    where = ".tmp/secret.csv" if relative else str(secret)
-    with pytest.raises(QueryRefusedError):
-        query(tmp_path / "corpus", f"SELECT * FROM read_csv('{where}')")
-
-
-def test_refusals_say_why(corpus):
-    with pytest.raises(QueryRefusedError, match="only SELECT queries are allowed, got COPY"):
-        query(corpus, "COPY (SELECT 1) TO '/tmp/x.csv'")
-    with pytest.raises(QueryRefusedError, match="exactly one statement is allowed, got 2"):
-        query(corpus, "SELECT 1; SELECT 2")
-    with pytest.raises(QueryRefusedError, match="Permission"):
-        query(corpus, "SELECT * FROM read_csv('/etc/passwd')")
-
-
-@pytest.mark.parametrize("sql", [
-    "SELECT count(*) AS n FROM records",
-    "  select count(*) as n from records ;  ",
-    "WITH r AS (SELECT * FROM records) SELECT count(*) AS n FROM r",
-    "FROM records SELECT count(*) AS n",
-    "SELECT count(*) AS n FROM read_parquet('{root}/records/*/*.parquet')",
-])
-def test_reads_inside_the_corpus_are_allowed(corpus, sql):
-    assert query(corpus, sql.format(root=corpus)).to_pylist() == [{"n": 3}]
-
-
-def test_check_read_only_returns_the_statement():
-    assert check_read_only("SELECT 1;  ") == "SELECT 1"
-    with pytest.raises(QueryError, match="cannot parse query"):
-        check_read_only("SELEC nonsense FROM")
-
-
-def test_a_broken_query_is_a_query_error_not_a_refusal(corpus):
-    with pytest.raises(QueryError) as info:
-        query(corpus, "SELECT no_such_column FROM records")
-    assert type(info.value) is QueryError
-    assert "no_such_column" in str(info.value)
-
-
-@pytest.mark.parametrize(("max_rows", "expected"), [(1, 1), (7, 7), (100, 25), (100_000, 25)])
-def test_row_cap(corpus, max_rows, expected):
-    table = query(corpus, "SELECT * FROM range(25) t(i)", max_rows=max_rows)
-    assert table.num_rows == expected
-    assert table.column("i").to_pylist() == list(range(expected))
-
-
-def test_a_slow_query_times_out(corpus):
-    started = time.monotonic()
-    with pytest.raises(QueryError, match=r"longer than 0.5 s") as info:
-        query(corpus, "SELECT count(*) FROM range(1000000000) a, range(1000000000) b WHERE a.range + b.range = -1",
-              timeout_s=0.5)
-    assert type(info.value) is QueryError
-    assert time.monotonic() - started < 15
-    # the next query on the same corpus is unaffected
-    assert query(corpus, "SELECT count(*) AS n FROM records").to_pylist() == [{"n": 3}]
+# The query sandbox (refusals, caps, timeouts, a corpus left byte-identical): tests/storage/test_query_sandbox.py

@@ -75,6 +75,7 @@ def open_backend(tmp_path: Path) -> Iterator[Callable[..., OpenAIBackend]]:
 
     def make(sim, *, cache: str | None = "cache", cost: CostSpec | None = None, **fields) -> OpenAIBackend:
         fields.setdefault("api_key_env", None)
+        fields.setdefault("request_id_headers", True)  # the simulator counts requests by key
         spec = OpenAITeacherSpec(backend="openai", model=MODEL, base_url=sim.base_url, **fields)
         store = RequestCache(tmp_path / f"{cache}.sqlite") if cache else None
         backend = OpenAIBackend(spec, cache=store, cost=cost)

@@ -44,7 +44,8 @@ def make_job(folder: Path, n: int, *, job_id: str | None = "live", **fields) -> 
         "task": "arithmetic",
         "prompt": "few_shot_cot",
         "teacher": {"backend": "openai", "model": "stepwise-sim", "base_url": "http://127.0.0.1:9/v1",
-                    "api_key_env": None, "max_concurrency": 8, "timeout_s": 10},
+                    "api_key_env": None, "max_concurrency": 8, "timeout_s": 10,
+                    "request_id_headers": True},
         "sampling": {"n": 1, "temperature": 0.7, "max_tokens": 128},
         "shard_size": 10,
     }
@@ -80,7 +81,7 @@ def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 
 
 def rows(corpus: Path, sql: str) -> list[dict]:
-    return query(corpus, sql).to_pylist()
+    return query(corpus, sql).table.to_pylist()
 
 
 def flat(text: str) -> str:

@@ -382,13 +382,13 @@ def test_a_batch_job_killed_between_submission_and_completion_resumes_without_su
     assert (stats["batches_created"], stats["files_uploaded"]) == (1, 1)  # it polled the batch it had
     assert (stats["received"], stats["completed"], stats["completed_more_than_once"]) == (12, 12, 0)
     records = query(corpus, "SELECT example_id, sample_idx, label, teacher_backend, tokens_in FROM records"
-                    ).to_pylist()
+                    ).table.to_pylist()
     assert len(records) == n_examples * n
     assert {(r["example_id"], r["sample_idx"]) for r in records} == {(f"ex{i:02d}", k) for i in range(n_examples)
                                                                       for k in range(n)}
     assert all(r["label"] == str(gold(int(r["example_id"][2:]))) for r in records)
     assert {r["teacher_backend"] for r in records} == {"openai_batch"} and all(r["tokens_in"] for r in records)
-    assert query(corpus, "SELECT status, n_records FROM jobs").to_pylist() == [
+    assert query(corpus, "SELECT status, n_records FROM jobs").table.to_pylist() == [
         {"status": "completed", "n_records": n_examples * n}]
     ledger = BatchLedger(corpus / "cache" / "requests.sqlite")
     assert [row.status for row in ledger.rows()] == ["collected"]

@@ -156,5 +156,5 @@ def test_a_job_on_the_vllm_backend_produces_records(fake_vllm, tmp_path):
     summary = run_job(load_job(tmp_path / "job.yaml"), tmp_path / "corpus")
     assert (summary.n_records, summary.n_accepted, summary.n_correct) == (12, 12, 12)
     assert len(fake_vllm) == 1 and len(fake_vllm[0].calls) == 2  # one engine, one call per shard
-    rows = query(tmp_path / "corpus", "SELECT DISTINCT teacher_backend, teacher_model FROM records").to_pylist()
+    rows = query(tmp_path / "corpus", "SELECT DISTINCT teacher_backend, teacher_model FROM records").table.to_pylist()
     assert rows == [{"teacher_backend": "vllm", "teacher_model": "/models/tiny-teacher"}]

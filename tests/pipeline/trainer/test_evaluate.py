@@ -72,7 +72,7 @@ def test_scoring_a_teacher_answer_gives_the_records_correct(release_corpus: Path
     _, task_spec = read_job(str(release_corpus), job, (0.8, 0.1, 0.1), 0)
     task = build_task(task_spec)
     rows = query(release_corpus, f"SELECT example_id, input, label, gold_label, correct, completion FROM records "
-                                 f"WHERE job_id = '{job}' AND label IS NOT NULL AND gold_label IS NOT NULL").to_pylist()
+                                 f"WHERE job_id = '{job}' AND label IS NOT NULL AND gold_label IS NOT NULL").table.to_pylist()
     assert len(rows) > 150
     checked = wrong = 0
     for r in rows:
