@@ -20,6 +20,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 RUN python -c "import os, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; extras = [e for e in os.environ['EXTRAS'].split(',') if e]; print('\n'.join(p['dependencies'] + [r for e in extras for r in p['optional-dependencies'][e]]))" > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt "ray[default]"
+COPY stepwise ./stepwise
 COPY pipeline ./pipeline
 COPY prompts ./prompts
 COPY storage ./storage

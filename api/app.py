@@ -7,13 +7,13 @@ import os
 import anyio
 from fastapi import FastAPI
 
-from api import errors
-from api.auth import TokenGate
-from api.metrics import MetricsMiddleware, ServiceMetrics
-from api.routes import datasets, health, jobs, metrics, query
-from api.settings import ServiceSettings
-from pipeline.service import JobService
-from storage.uploads import UploadStore
+from stepwise.api import errors
+from stepwise.api.auth import TokenGate
+from stepwise.api.metrics import MetricsMiddleware, ServiceMetrics
+from stepwise.api.routes import datasets, health, jobs, metrics, query
+from stepwise.api.settings import ServiceSettings
+from stepwise.pipeline.service import JobService
+from stepwise.storage.uploads import UploadStore
 
 
 def create_app(settings: ServiceSettings) -> FastAPI:

@@ -8,7 +8,7 @@ import hmac
 
 from starlette.requests import Request
 
-from pipeline.errors import AuthError
+from stepwise.pipeline.errors import AuthError
 
 # paths open without the token: liveness, and the schema and docs (they hold no data; Swagger UI cannot send one)
 OPEN_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
@@ -36,7 +36,7 @@ class TokenGate:
             try:
                 check_bearer(self.token, request.headers.get("authorization"))
             except AuthError as exc:
-                from api.errors import error_response
+                from stepwise.api.errors import error_response
 
                 return await error_response(request, exc)(scope, receive, send)
         return await self.app(scope, receive, send)

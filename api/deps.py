@@ -13,11 +13,11 @@ from fastapi import Depends, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from api.auth import check_bearer
-from pipeline.service import JobService
-from pipeline.types import JOB_ID_PATTERN
-from storage.location import CorpusLocation
-from storage.uploads import UploadStore
+from stepwise.api.auth import check_bearer
+from stepwise.pipeline.service import JobService
+from stepwise.pipeline.types import JOB_ID_PATTERN
+from stepwise.storage.location import CorpusLocation
+from stepwise.storage.uploads import UploadStore
 
 T = TypeVar("T")
 _bearer = HTTPBearer(auto_error=False, description="the value of STEPWISE_API_TOKEN")

@@ -20,8 +20,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from api.schemas import ErrorBody, ErrorDetail
-from pipeline.errors import (
+from stepwise.api.schemas import ErrorBody, ErrorDetail
+from stepwise.pipeline.errors import (
     AuthError,
     DatasetError,
     JobConflictError,
@@ -36,7 +36,7 @@ from pipeline.errors import (
     UploadExistsError,
     UploadTooLargeError,
 )
-from pipeline.spec import field_problems
+from stepwise.pipeline.spec import field_problems
 
 log = logging.getLogger("stepwise.api")
 

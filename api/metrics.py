@@ -23,8 +23,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, disable_cre
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from api.schemas import JobStatus, JobView
-from pipeline.service import JobService
+from stepwise.api.schemas import JobStatus, JobView
+from stepwise.pipeline.service import JobService
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _STATUSES = JobStatus.__args__

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from pipeline import service
+from stepwise.pipeline import service
 
 PARQUET = "application/vnd.apache.parquet"  # the media type of every Parquet download
 

@@ -21,10 +21,10 @@ from typing import Annotated
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from pipeline.admission import Admission, DataRoots, TeacherProfiles
-from pipeline.errors import JobSpecError
-from pipeline.spec import format_validation_error
-from storage.location import CorpusLocation
+from stepwise.pipeline.admission import Admission, DataRoots, TeacherProfiles
+from stepwise.pipeline.errors import JobSpecError
+from stepwise.pipeline.spec import format_validation_error
+from stepwise.storage.location import CorpusLocation
 
 LOOPBACK = "127.0.0.1"
 

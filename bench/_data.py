@@ -23,10 +23,10 @@ def require_data() -> Path:
 
 def real_pairs(name: str, split: str, kind: str):
     """(task, [(example, gold_label, completion_text)]) for one release split, read through our own readers."""
-    from pipeline.datasets import read_examples
-    from pipeline.importers import dsbs_spec, load_completions
-    from pipeline.tasks import build_task
-    from pipeline.types import Example
+    from stepwise.pipeline.datasets import read_examples
+    from stepwise.pipeline.importers import dsbs_spec, load_completions
+    from stepwise.pipeline.tasks import build_task
+    from stepwise.pipeline.types import Example
 
     spec = dsbs_spec(DSBS / name, split, kind, f"bench-{name}", "palm-540b")
     task = build_task(spec.task)

@@ -135,7 +135,7 @@ class Stack:
 
     def start_sim(self, dataset: Path, latency: float) -> None:
         port_file = self.tmp / "sim.port"
-        proc = self._spawn("sim", [sys.executable, "-m", "pipeline.cli", "sim", "--port-file", str(port_file),
+        proc = self._spawn("sim", [sys.executable, "-m", "stepwise", "sim", "--port-file", str(port_file),
                                    "--latency", str(latency), "--capacity", "256", "--dataset", str(dataset),
                                    "--wrong-rate", "0.1"])
         deadline = time.monotonic() + 30
@@ -154,7 +154,7 @@ class Stack:
             "request_id_headers": True}}}), encoding="utf-8")
         env = {**os.environ, "STEPWISE_API_TOKEN": self.token, "STEPWISE_DATA_DIRS": str(self.tmp),
                "STEPWISE_TEACHERS": str(teachers)}
-        proc = self._spawn("api", [sys.executable, "-m", "pipeline.cli", "serve", "--corpus", str(self.corpus),
+        proc = self._spawn("api", [sys.executable, "-m", "stepwise", "serve", "--corpus", str(self.corpus),
                                    "--port", str(port), "--log-level", "warning"], env)
         self.api_url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30

@@ -38,7 +38,7 @@ def release_label(name: str, text: str) -> str:
 
 
 def release_accuracy(name: str, split: str, kind: str) -> tuple[float, int]:
-    from pipeline.tasks.numbers import UnsafeExpression, evaluate, numbers_equal
+    from stepwise.pipeline.tasks.numbers import UnsafeExpression, evaluate, numbers_equal
 
     _task, pairs = real_pairs(name, split, kind)
     hits = empty = 0
@@ -58,7 +58,7 @@ def release_accuracy(name: str, split: str, kind: str) -> tuple[float, int]:
 
 
 def cli(*args: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run([sys.executable, "-m", "stepwise", *args], capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
         sys.exit(f"stepwise {' '.join(args)} failed:\n{proc.stderr}")
     return proc.stdout

@@ -15,10 +15,10 @@ TARGET = 20_000
 
 def main(repeats: int = 3) -> None:
     require_data()
-    from pipeline.parsing import parse_completion
-    from pipeline.spec import FilterSpec
-    from pipeline.types import Completion
-    from pipeline.validate import judge_example
+    from stepwise.pipeline.parsing import parse_completion
+    from stepwise.pipeline.spec import FilterSpec
+    from stepwise.pipeline.types import Completion
+    from stepwise.pipeline.validate import judge_example
 
     filters = FilterSpec()
     results = {}

@@ -43,8 +43,8 @@ def build_corpus(root: Path, records: int, parts: int) -> None:
     """`records` synthetic records in `parts` part files, spread over JOBS jobs, written as the runner does."""
     import pyarrow as pa
 
-    from storage.parquet import write_table_atomic
-    from storage.schema import DICTIONARY_COLUMNS, RECORDS_SCHEMA
+    from stepwise.storage.parquet import write_table_atomic
+    from stepwise.storage.schema import DICTIONARY_COLUMNS, RECORDS_SCHEMA
 
     per_part = records // parts
     now = datetime.now(UTC)
@@ -92,8 +92,8 @@ def timed(fn, repeat: int) -> dict:
 
 
 def bench(root: Path, repeat: int, threads: int) -> dict:
-    from storage import catalog
-    from storage.location import CorpusLocation
+    from stepwise.storage import catalog
+    from stepwise.storage.location import CorpusLocation
 
     out = {}
     for name, sql in QUERIES.items():

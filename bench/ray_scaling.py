@@ -23,8 +23,8 @@ from teacher_throughput import sim_stats, start_sim  # noqa: E402
 
 
 def run(url: str, workers: int, n: int, concurrency: int) -> dict:
-    from pipeline.runner import run_job
-    from pipeline.spec import parse_job
+    from stepwise.pipeline.runner import run_job
+    from stepwise.pipeline.spec import parse_job
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data.jsonl"
@@ -57,8 +57,8 @@ def main() -> None:
     args = ap.parse_args()
     import ray
 
-    from pipeline.ray_executor import ensure_ray
-    from pipeline.spec import ExecutorSpec
+    from stepwise.pipeline.ray_executor import ensure_ray
+    from stepwise.pipeline.spec import ExecutorSpec
 
     proc, url = start_sim("--latency", str(args.latency), "--capacity", "2048")
     try:

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 def start_sim(*flags: str) -> tuple[subprocess.Popen, str]:
     port_file = Path(tempfile.mkdtemp()) / "port"
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "sim", "--port-file", str(port_file), *flags],
+    proc = subprocess.Popen([sys.executable, "-m", "stepwise", "sim", "--port-file", str(port_file), *flags],
                             cwd=ROOT, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while not port_file.exists():
@@ -43,7 +43,7 @@ def sim_stats(url: str) -> dict:
 
 
 def make_requests(n: int, max_tokens: int, tag: str = ""):
-    from pipeline.types import Sampling, TeacherRequest
+    from stepwise.pipeline.types import Sampling, TeacherRequest
 
     sampling = Sampling(temperature=0.0, max_tokens=max_tokens)
     return [TeacherRequest(f"{tag}q{i}", 0, ({"role": "user", "content": f"{tag}Q: What is {i} plus {i % 7}?\nA:"},),
@@ -52,9 +52,9 @@ def make_requests(n: int, max_tokens: int, tag: str = ""):
 
 def drive(url: str, n: int, max_tokens: int, **teacher) -> dict:
     """Send n requests through the real backend (cache on disk, as in a job); returns measurements."""
-    from pipeline.cache import RequestCache
-    from pipeline.spec import OpenAITeacherSpec
-    from pipeline.teachers.openai_compat import OpenAIBackend
+    from stepwise.pipeline.cache import RequestCache
+    from stepwise.pipeline.spec import OpenAITeacherSpec
+    from stepwise.pipeline.teachers.openai_compat import OpenAIBackend
 
     spec = OpenAITeacherSpec(backend="openai", model="stepwise-sim", base_url=f"{url}/v1", api_key_env=None,
                              **teacher)
@@ -92,7 +92,7 @@ def capacity(n: int) -> dict:
 def rate(n: int, tpm_factor: float) -> dict:
     """RPM 1,200 and a TPM limit `tpm_factor` times what 1,200 requests of this size need
     (above 1: RPM binds; below 1: TPM binds)."""
-    from pipeline.teachers.limits import request_tokens
+    from stepwise.pipeline.teachers.limits import request_tokens
 
     rpm, tokens_each = 1200, request_tokens({"messages": [{"content": "rpm-Q: What is 1000 plus 3?\nA:"}],
                                              "max_tokens": 64})

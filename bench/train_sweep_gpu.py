@@ -65,7 +65,7 @@ def fail_fast(args: argparse.Namespace) -> None:
 
 
 def cli(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "pipeline.cli", *args], check=True, cwd=ROOT, stdout=subprocess.DEVNULL,
+    subprocess.run([sys.executable, "-m", "stepwise", *args], check=True, cwd=ROOT, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)
 
 
@@ -73,9 +73,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     fail_fast(args)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder never needs the hub; make sure nothing asks
-    from pipeline.trainer import SweepConfig, TrainConfig, sweep
-    from pipeline.trainer.config import parse_fractions, parse_list
-    from pipeline.trainer.sweep import pivot
+    from stepwise.pipeline.trainer import SweepConfig, TrainConfig, sweep
+    from stepwise.pipeline.trainer.config import parse_fractions, parse_list
+    from stepwise.pipeline.trainer.sweep import pivot
 
     out = Path(args.out or tempfile.mkdtemp(prefix="stepwise-sweep-"))
     with tempfile.TemporaryDirectory() as tmp:

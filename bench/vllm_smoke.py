@@ -33,8 +33,8 @@ def main() -> None:
     ap.add_argument("--tp", type=int, default=1)
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from pipeline.runner import run_job
-    from pipeline.spec import parse_job
+    from stepwise.pipeline.runner import run_job
+    from stepwise.pipeline.spec import parse_job
 
     results = []
     for executor in ("local", "ray"):

@@ -21,8 +21,8 @@ TARGET = 100_000
 
 
 def build_records(n: int):
-    from pipeline.parsing import parse_completion
-    from pipeline.types import Completion, RationaleRecord
+    from stepwise.pipeline.parsing import parse_completion
+    from stepwise.pipeline.types import Completion, RationaleRecord
 
     task, pairs = real_pairs("cqa", "train", "multiple_choice")
     now = datetime.now(UTC)
@@ -46,7 +46,7 @@ def main() -> None:
     ap.add_argument("--shard-records", type=int, default=100_000)
     args = ap.parse_args()
     require_data()
-    from storage.parquet import write_records
+    from stepwise.storage.parquet import write_records
 
     records = build_records(args.records)
     folder = Path(tempfile.mkdtemp(prefix="stepwise-bench-write-"))

@@ -28,8 +28,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from pipeline.errors import JobSpecError
-from pipeline.spec import JobSpec, TeacherSpec, format_validation_error
+from stepwise.pipeline.errors import JobSpecError
+from stepwise.pipeline.spec import JobSpec, TeacherSpec, format_validation_error
 
 # the teacher fields a job may set when it names a profile; everything else comes from the profile
 JOB_TEACHER_FIELDS = frozenset({"backend", "profile", "model", "max_concurrency", "rpm", "tpm", "timeout_s",
@@ -101,7 +101,7 @@ class TeacherProfiles(BaseModel):
     @classmethod
     def load(cls, path: str | Path) -> TeacherProfiles:
         """Read a profiles file (strict YAML); every problem names the file and the field."""
-        from pipeline.yamlfile import read_yaml
+        from stepwise.pipeline.yamlfile import read_yaml
 
         data, _ = read_yaml(path, "teacher profiles", JobSpecError)
         try:

@@ -22,9 +22,9 @@ import threading
 import time
 from pathlib import Path
 
-from pipeline.errors import StorageError
-from pipeline.types import Completion
-from storage.location import is_uri
+from stepwise.pipeline.errors import StorageError
+from stepwise.pipeline.types import Completion
+from stepwise.storage.location import is_uri
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS completions (

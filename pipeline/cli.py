@@ -27,8 +27,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from pipeline.errors import JobSpecError, StepwiseError, TrainConfigError
-from pipeline.runner import JobSummary
+from stepwise.pipeline.errors import JobSpecError, StepwiseError, TrainConfigError
+from stepwise.pipeline.runner import JobSummary
 
 CORPUS_HELP = ("corpus root: a folder (default ./corpus) or an object-store URI, "
                "e.g. s3://bucket/corpus?endpoint_override=host:9000&scheme=http")
@@ -118,8 +118,8 @@ def print_summary(summary: JobSummary, root: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.runner import run_job
-    from pipeline.spec import load_job
+    from stepwise.pipeline.runner import run_job
+    from stepwise.pipeline.spec import load_job
 
     overrides = list(args.set)
     if args.executor:
@@ -130,7 +130,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides += ["executor.kind=ray", f"executor.address={args.ray_address}"]
     spec = load_job(args.job, overrides=overrides)  # validated before anything is written
     if args.data_dir:
-        from pipeline.admission import DataRoots, confine_paths
+        from stepwise.pipeline.admission import DataRoots, confine_paths
 
         spec = confine_paths(spec, DataRoots(args.data_dir))
     with _Bar(f"{spec.job_id}", args.quiet) as bar:
@@ -148,7 +148,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from pipeline.importers import import_dsbs
+    from stepwise.pipeline.importers import import_dsbs
 
     with _Bar(f"import {args.job_id}", args.quiet) as bar:
         summary, extra = import_dsbs(args.src, args.split, args.task, args.corpus, args.job_id,
@@ -160,7 +160,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from storage.catalog import query
+    from stepwise.storage.catalog import query
 
     if args.max_rows < 1 or args.max_bytes < 1:
         raise StepwiseError("--max-rows and --max-bytes must be at least 1")
@@ -187,13 +187,13 @@ def print_table(table) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pipeline.demo import main as demo
+    from stepwise.pipeline.demo import main as demo
 
     return demo(args.corpus, args.out, quiet=args.quiet)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from storage.jobs import JobRegistry
+    from stepwise.storage.jobs import JobRegistry
 
     registry = JobRegistry(args.corpus)  # a folder or an object-store URI: never through Path
     state = registry.get(args.job)
@@ -209,7 +209,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from pipeline.exports import export_job, parse_split
+    from stepwise.pipeline.exports import export_job, parse_split
 
     summary = export_job(args.corpus, args.job, args.format, args.out, label_source=args.label_source,
                          split=parse_split(args.split), seed=args.seed)
@@ -222,9 +222,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pipeline.trainer import SweepConfig, TrainConfig, main, sweep
-    from pipeline.trainer.config import parse_fractions, parse_list
-    from pipeline.trainer.sweep import pivot
+    from stepwise.pipeline.trainer import SweepConfig, TrainConfig, main, sweep
+    from stepwise.pipeline.trainer.config import parse_fractions, parse_list
+    from stepwise.pipeline.trainer.sweep import pivot
 
     modes, sources = parse_list(args.mode, "mode"), parse_list(args.label_source, "label_source")
     corpus = args.corpus or ("corpus" if args.job else None)
@@ -248,7 +248,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train_parser(sub) -> None:
-    from pipeline.trainer.config import DEVICES, TrainConfig, flag
+    from stepwise.pipeline.trainer.config import DEVICES, TrainConfig, flag
 
     tr = sub.add_parser("train", help="train a T5 student on an export or a corpus job and score it (the train "
                                       "extra); several modes, label sources or --fractions make a sweep")
@@ -292,7 +292,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
     import asyncio
     import os
 
-    from pipeline.simulator import SimConfig, parse_faults, serve
+    from stepwise.pipeline.simulator import SimConfig, parse_faults, serve
 
     api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
     if args.api_key_env and not api_key:
@@ -327,8 +327,8 @@ def cmd_sim(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from api.app import create_app  # lazily: the other commands never load FastAPI
-    from api.settings import LOOPBACK, ServiceSettings
+    from stepwise.api.app import create_app  # lazily: the other commands never load FastAPI
+    from stepwise.api.settings import LOOPBACK, ServiceSettings
 
     settings = ServiceSettings.load(corpus=args.corpus, host=args.host, port=args.port, state_dir=args.state_dir,
                                     data_dirs=tuple(args.data_dir) if args.data_dir else None,
@@ -348,7 +348,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipeline.exports import FORMATS
+    from stepwise.pipeline.exports import FORMATS
 
     p = argparse.ArgumentParser(prog="stepwise", description="Rationale corpora for distilling LLMs into small models.")
     sub = p.add_subparsers(dest="command", required=True)

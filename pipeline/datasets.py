@@ -29,12 +29,12 @@ from typing import TYPE_CHECKING, Any
 
 import ijson
 
-from pipeline.errors import DatasetError, JobSpecError, StepwiseError, short
-from pipeline.spec import DatasetSpec
-from pipeline.types import Example, RowReject
+from stepwise.pipeline.errors import DatasetError, JobSpecError, StepwiseError, short
+from stepwise.pipeline.spec import DatasetSpec
+from stepwise.pipeline.types import Example, RowReject
 
 if TYPE_CHECKING:
-    from pipeline.tasks import Task
+    from stepwise.pipeline.tasks import Task
 
 Row = dict[str, Any]
 RawItem = tuple[int, Row | None, str | None, int]  # (row index, row, problem, size in bytes)

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.errors import StepwiseError
+from stepwise.pipeline.errors import StepwiseError
 
 SAMPLES = Path(__file__).parent / "samples" / "demo"
 
@@ -22,7 +22,7 @@ SAMPLES = Path(__file__).parent / "samples" / "demo"
 def start_simulator(*flags: str) -> tuple[subprocess.Popen, str]:
     """Start `stepwise sim` on a free port; returns the process and its /v1 base URL."""
     port_file = Path(tempfile.mkdtemp(prefix="stepwise-sim-")) / "port"
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "sim", "--port-file", str(port_file), *flags],
+    proc = subprocess.Popen([sys.executable, "-m", "stepwise", "sim", "--port-file", str(port_file), *flags],
                             stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while not port_file.exists():
@@ -34,8 +34,8 @@ def start_simulator(*flags: str) -> tuple[subprocess.Popen, str]:
 
 
 def main(corpus: str, out: str, quiet: bool = False) -> int:
-    from pipeline import cli
-    from storage.catalog import query
+    from stepwise.pipeline import cli
+    from stepwise.storage.catalog import query
 
     sim, url = start_simulator("--dataset", str(SAMPLES / "problems.jsonl"), "--latency", "0.3", "--jitter", "0.2",
                                "--wrong-rate", "0.15", "--faults", "error_503=0.05,truncated=0.03", "--seed", "7")

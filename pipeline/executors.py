@@ -10,8 +10,8 @@ import concurrent.futures
 from collections import deque
 from collections.abc import Callable, Sequence
 
-from pipeline.errors import BudgetExhaustedError, StepwiseError, TeacherFailingError
-from pipeline.runner import (
+from stepwise.pipeline.errors import BudgetExhaustedError, StepwiseError, TeacherFailingError
+from stepwise.pipeline.runner import (
     Item,
     JobContext,
     Progress,
@@ -20,8 +20,8 @@ from pipeline.runner import (
     plan_shard,
     write_part,
 )
-from pipeline.spec import ExecutorSpec
-from storage.location import CorpusLocation
+from stepwise.pipeline.spec import ExecutorSpec
+from stepwise.storage.location import CorpusLocation
 
 Outcome = tuple[str, str | None, dict[str, float]]
 CancelCheck = Callable[[], bool]
@@ -91,7 +91,7 @@ def get_executor(spec: ExecutorSpec):
     if spec.kind == "local":
         return LocalExecutor()
     try:
-        from pipeline.ray_executor import RayExecutor
+        from stepwise.pipeline.ray_executor import RayExecutor
     except ImportError as exc:
         if "ray" in str(exc):
             raise StepwiseError("executor 'ray' needs the ray extra: pip install 'stepwise[ray]'") from None

@@ -25,9 +25,9 @@ from typing import Literal
 
 import pyarrow as pa
 
-from pipeline.errors import StepwiseError, StorageError
-from storage.catalog import connect
-from storage.parquet import write_table_atomic
+from stepwise.pipeline.errors import StepwiseError, StorageError
+from stepwise.storage.catalog import connect
+from stepwise.storage.parquet import write_table_atomic
 
 ExportFormat = Literal["dsbs", "finetune_cot", "chat", "parquet"]
 FORMATS: tuple[str, ...] = ("dsbs", "finetune_cot", "chat", "parquet")

@@ -18,8 +18,8 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel, Field, ValidationError
 
-from pipeline.types import Completion
-from storage.location import CorpusLocation
+from stepwise.pipeline.types import Completion
+from stepwise.storage.location import CorpusLocation
 
 log = logging.getLogger("stepwise.heartbeat")
 WINDOW_S = 30.0  # requests per second are measured over this trailing window

@@ -12,13 +12,13 @@ import json
 import re
 from pathlib import Path
 
-from pipeline.datasets import read_examples
-from pipeline.errors import DatasetError
-from pipeline.runner import JobSummary, run_job
-from pipeline.spec import JobSpec, parse_job
-from pipeline.teachers.replay import ReplayBackend
-from pipeline.types import Example
-from prompts import PromptTemplate
+from stepwise.pipeline.datasets import read_examples
+from stepwise.pipeline.errors import DatasetError
+from stepwise.pipeline.runner import JobSummary, run_job
+from stepwise.pipeline.spec import JobSpec, parse_job
+from stepwise.pipeline.teachers.replay import ReplayBackend
+from stepwise.pipeline.types import Example
+from stepwise.prompts import PromptTemplate
 
 _CHUNK = re.compile(r"_CoT_(\d+)\.json$")
 

@@ -12,8 +12,8 @@ import re
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from pipeline.tasks import Task
-from pipeline.types import Completion, Example, Parsed, RejectReason
+from stepwise.pipeline.tasks import Task
+from stepwise.pipeline.types import Completion, Example, Parsed, RejectReason
 
 # A new few-shot turn starting on a fresh line: the teacher inventing the next exemplar.
 _FOLLOW_ON = re.compile(r"\n[ \t]*(?:Q|Question|Premise|Hypothesis|Context|Input|Passage)[ \t]*:")

@@ -24,11 +24,11 @@ from typing import Any
 
 import ray
 
-from pipeline.errors import BudgetExhaustedError, StepwiseError, TeacherAuthError, TeacherFailingError
-from pipeline.executors import POLL_S, CancelCheck, Outcome
-from pipeline.runner import Item, JobContext, Progress, ShardResult, write_shard
-from pipeline.spec import CostSpec, ExecutorSpec, JobSpec
-from storage.location import CorpusLocation
+from stepwise.pipeline.errors import BudgetExhaustedError, StepwiseError, TeacherAuthError, TeacherFailingError
+from stepwise.pipeline.executors import POLL_S, CancelCheck, Outcome
+from stepwise.pipeline.runner import Item, JobContext, Progress, ShardResult, write_shard
+from stepwise.pipeline.spec import CostSpec, ExecutorSpec, JobSpec
+from stepwise.storage.location import CorpusLocation
 
 IN_FLIGHT_PER_WORKER = 2  # two shards per worker: one finishing while the next one's requests go out
 
@@ -38,8 +38,8 @@ class JobBudget:
     """The job's one RPM / TPM budget and cost meter, shared by every worker (an async actor)."""
 
     def __init__(self, rpm: int | None, tpm: int | None, cost: dict | None):
-        from pipeline.teachers.limits import RateBudget
-        from pipeline.teachers.openai_compat import CostMeter
+        from stepwise.pipeline.teachers.limits import RateBudget
+        from stepwise.pipeline.teachers.openai_compat import CostMeter
 
         self.rate = RateBudget(rpm, tpm)
         self.meter = CostMeter(CostSpec(**cost) if cost else None)
@@ -91,12 +91,12 @@ class ShardWorker:
     """Builds the job context once and runs whole shards (threaded: IN_FLIGHT_PER_WORKER at a time)."""
 
     def __init__(self, spec_json: str, task_kind: str, prompt, backend, root: str, budget):
-        from pipeline.runner import prepare_context
+        from stepwise.pipeline.runner import prepare_context
 
         spec = JobSpec.model_validate_json(spec_json)
         spec = spec.model_copy(update={"task": spec.task.model_copy(update={"kind": task_kind})})
         if backend is None:
-            from pipeline.teachers import build_backend
+            from stepwise.pipeline.teachers import build_backend
 
             shared = SharedBudget(budget) if budget is not None else None
             backend = build_backend(spec.teacher, corpus=root, cost=spec.cost, rate=shared, meter=shared,
@@ -111,7 +111,7 @@ class ShardWorker:
         return write_shard(self.ctx, self.corpus, index, items)
 
     def teacher_counters(self) -> dict[str, float]:
-        from pipeline.executors import teacher_counters
+        from stepwise.pipeline.executors import teacher_counters
 
         return teacher_counters(self.ctx.backend)
 

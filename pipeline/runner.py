@@ -19,20 +19,20 @@ from typing import Protocol
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.datasets import check_fields, check_gold, read_examples
-from pipeline.errors import JobConflictError, StepwiseError
-from pipeline.heartbeat import HeartbeatWriter
-from pipeline.parsing import parse_completion
-from pipeline.spec import JobSpec, check_files
-from pipeline.tasks import Task, build_task
-from pipeline.teachers import TeacherBackend, build_backend
-from pipeline.types import Completion, Example, RationaleRecord, RejectReason, RowReject, Sampling, TeacherRequest
-from pipeline.validate import judge_example
-from prompts import PromptTemplate, answer_schema, load_prompt
-from storage.jobs import JobRegistry, JobState
-from storage.location import CorpusLocation
-from storage.parquet import records_to_table
-from storage.schema import DICTIONARY_COLUMNS
+from stepwise.pipeline.datasets import check_fields, check_gold, read_examples
+from stepwise.pipeline.errors import JobConflictError, StepwiseError
+from stepwise.pipeline.heartbeat import HeartbeatWriter
+from stepwise.pipeline.parsing import parse_completion
+from stepwise.pipeline.spec import JobSpec, check_files
+from stepwise.pipeline.tasks import Task, build_task
+from stepwise.pipeline.teachers import TeacherBackend, build_backend
+from stepwise.pipeline.types import Completion, Example, RationaleRecord, RejectReason, RowReject, Sampling, TeacherRequest
+from stepwise.pipeline.validate import judge_example
+from stepwise.prompts import PromptTemplate, answer_schema, load_prompt
+from stepwise.storage.jobs import JobRegistry, JobState
+from stepwise.storage.location import CorpusLocation
+from stepwise.storage.parquet import records_to_table
+from stepwise.storage.schema import DICTIONARY_COLUMNS
 
 Item = Example | RowReject
 
@@ -316,8 +316,8 @@ def run_job(spec: JobSpec, root: str | Path, *, items: Sequence[Item] | None = N
     `failed` when requests failed for an infrastructure reason (more than `max_error_rate` stops it early):
     a rerun retries exactly those. Any other failure is `failed` and re-raises the error.
     """
-    from pipeline.admission import resolve_profile
-    from pipeline.executors import get_executor
+    from stepwise.pipeline.admission import resolve_profile
+    from stepwise.pipeline.executors import get_executor
 
     spec = resolve_profile(spec)  # teacher.profile: the fields of the profile STEPWISE_TEACHERS declares
     # the files the job names, then its field mapping (load_items, prepare_context): job-file errors, raised

@@ -27,15 +27,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.errors import JobConflictError, JobNotFoundError, JobStateError, StorageError
-from pipeline.heartbeat import Heartbeat, read_heartbeat
-from pipeline.spec import JobSpec, check_files, parse_job
-from storage.jobs import JobRegistry, JobState, check_job_id
-from storage.location import CorpusLocation
+from stepwise.pipeline.errors import JobConflictError, JobNotFoundError, JobStateError, StorageError
+from stepwise.pipeline.heartbeat import Heartbeat, read_heartbeat
+from stepwise.pipeline.spec import JobSpec, check_files, parse_job
+from stepwise.storage.jobs import JobRegistry, JobState, check_job_id
+from stepwise.storage.location import CorpusLocation
 
 if TYPE_CHECKING:
-    from pipeline.admission import Admission
-    from pipeline.runner import JobSummary
+    from stepwise.pipeline.admission import Admission
+    from stepwise.pipeline.runner import JobSummary
 
 # statuses a job can be resumed from: everything but running (and starting) or completed
 RESUMABLE = frozenset({"cancelled", "failed", "budget_exhausted", "interrupted"})
@@ -148,7 +148,7 @@ class JobService:
             time.sleep(0.05)
 
     def _start(self, job_id: str) -> None:
-        cmd = [sys.executable, "-m", "pipeline.cli", "run", str(self.spec_path(job_id)),
+        cmd = [sys.executable, "-m", "stepwise", "run", str(self.spec_path(job_id)),
                "--corpus", self.corpus.address, "--quiet"]
         if self.admission is not None:  # the job process checks its files against the data roots again
             cmd += [arg for root in self.admission.roots.roots for arg in ("--data-dir", str(root))]
@@ -228,7 +228,7 @@ class JobService:
         """The job's counters from its part files, and how many shards are done. A part file is replaced only by
         a run that retries its marked shard, so outside a running job's marked shards each file is read once: a
         new file adds its own summary, and a rewritten registry row (a new run, an --overwrite) starts again."""
-        from pipeline.runner import merge_summaries, summarize_files  # the runner pulls in the teachers
+        from stepwise.pipeline.runner import merge_summaries, summarize_files  # the runner pulls in the teachers
 
         files = self.corpus.list_files("records", state.job_id)
         marked = {m.removesuffix(".retry") + ".parquet"

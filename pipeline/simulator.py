@@ -36,7 +36,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from pipeline.teachers.limits import SlidingWindow, estimate_tokens, request_tokens
+from stepwise.pipeline.teachers.limits import SlidingWindow, estimate_tokens, request_tokens
 
 FAULTS = ("error_500", "error_503", "drop", "stall", "malformed", "truncated", "garbage")
 

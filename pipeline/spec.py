@@ -16,9 +16,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.errors import JobSpecError
-from pipeline.yamlfile import read_yaml
-from pipeline.types import JOB_ID_RULE, is_job_id
+from stepwise.pipeline.errors import JobSpecError
+from stepwise.pipeline.yamlfile import read_yaml
+from stepwise.pipeline.types import JOB_ID_RULE, is_job_id
 
 TaskKind = Literal["multiple_choice", "nli", "arithmetic", "yes_no", "exact", "custom", "auto"]
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from pipeline.spec import FilterSpec
-from pipeline.tasks import Task
-from pipeline.types import Parsed, RejectReason
+from stepwise.pipeline.spec import FilterSpec
+from stepwise.pipeline.tasks import Task
+from stepwise.pipeline.types import Parsed, RejectReason
 
 
 @dataclass(frozen=True, slots=True)

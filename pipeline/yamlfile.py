@@ -25,7 +25,7 @@ import yaml
 from yaml.events import AliasEvent
 from yaml.nodes import MappingNode
 
-from pipeline.errors import short
+from stepwise.pipeline.errors import short
 
 MAX_DEPTH = 64
 MAX_BYTES = 1 << 20

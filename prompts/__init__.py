@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.errors import PromptError
-from pipeline.yamlfile import read_yaml
+from stepwise.pipeline.errors import PromptError
+from stepwise.pipeline.yamlfile import read_yaml
 
 if TYPE_CHECKING:
-    from pipeline.spec import PromptSpec
-    from pipeline.tasks import Task
-    from pipeline.types import Example
+    from stepwise.pipeline.spec import PromptSpec
+    from stepwise.pipeline.tasks import Task
+    from stepwise.pipeline.types import Example
 
 TEMPLATES = Path(__file__).parent / "templates"
 BUILTIN = ("few_shot_cot", "zero_shot_cot", "structured_json", "rationalize")

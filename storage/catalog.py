@@ -29,9 +29,9 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipeline.errors import QueryError, QueryRefusedError, StorageError
-from storage.location import CorpusLocation
-from storage.schema import JOBS_SCHEMA, RECORDS_SCHEMA
+from stepwise.pipeline.errors import QueryError, QueryRefusedError, StorageError
+from stepwise.storage.location import CorpusLocation
+from stepwise.storage.schema import JOBS_SCHEMA, RECORDS_SCHEMA
 
 # DuckDB's working memory for all queries on one corpus together (hash tables, sorts, vectors in flight). With no
 # spill folder a query that needs more fails with a QueryError instead of taking the server's memory (DuckDB's

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline.errors import StorageError
-from pipeline.types import JOB_ID_RULE, is_job_id
-from storage.location import CorpusLocation
-from storage.schema import JOBS_SCHEMA
+from stepwise.pipeline.errors import StorageError
+from stepwise.pipeline.types import JOB_ID_RULE, is_job_id
+from stepwise.storage.location import CorpusLocation
+from stepwise.storage.schema import JOBS_SCHEMA
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipeline.errors import StorageError
-from storage.parquet import TMP_SUFFIX, ROW_GROUP_SIZE, remove_stale_temp_files, write_table_atomic
+from stepwise.pipeline.errors import StorageError
+from stepwise.storage.parquet import TMP_SUFFIX, ROW_GROUP_SIZE, remove_stale_temp_files, write_table_atomic
 
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")  # two letters at least, so `C:\corpus` stays a path
 OBJECT_STORES = frozenset({"s3", "gcs", "abfs"})    # pyarrow type names whose uploads are atomic

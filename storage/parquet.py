@@ -15,9 +15,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.errors import StorageError
-from pipeline.types import RationaleRecord
-from storage.schema import DICTIONARY_COLUMNS, RECORDS_SCHEMA
+from stepwise.pipeline.errors import StorageError
+from stepwise.pipeline.types import RationaleRecord
+from stepwise.storage.schema import DICTIONARY_COLUMNS, RECORDS_SCHEMA
 
 TMP_SUFFIX = ".tmp"
 ROW_GROUP_SIZE = 128 * 1024

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import anyio
 
-from pipeline.errors import UploadError, UploadExistsError, UploadTooLargeError
+from stepwise.pipeline.errors import UploadError, UploadExistsError, UploadTooLargeError
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet", ".pq", ".yaml", ".yml")

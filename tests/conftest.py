@@ -40,7 +40,7 @@ def reasoning_teacher_dir() -> Path:
 
 def load_dsbs_pairs(dsbs: Path, name: str, split: str, limit: int | None = None) -> list[tuple[dict, str]]:
     """(gold row, raw completion) pairs of one release split, in order."""
-    from pipeline.importers import load_completions
+    from stepwise.pipeline.importers import load_completions
 
     rows = [json.loads(line) for line in (dsbs / name / f"{name}_{split}.json").open()]
     texts = load_completions(dsbs / name, split)
@@ -56,7 +56,7 @@ def write_jsonl(path: Path, rows: list) -> Path:
 def stepwise(*args: str, cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess:
     """Run the real CLI in a subprocess, as a user would."""
     # rich wraps stderr at 80 columns when it is not a terminal, inside long paths too: give it room
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "stepwise", *args], capture_output=True, text=True,
                           cwd=cwd or ROOT, timeout=300, env={**os.environ, "COLUMNS": "400"})
     if check and proc.returncode != 0:
         raise AssertionError(f"stepwise {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")

@@ -26,8 +26,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from pipeline.cli import build_parser
-from pipeline.spec import load_job
+from stepwise.pipeline.cli import build_parser
+from stepwise.pipeline.spec import load_job
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -403,8 +403,8 @@ def test_healthchecks_exist_parse_and_ask_the_right_port(name, tmp_path):
 def test_healthcheck_urls_are_real_endpoints():
     """The unauthenticated endpoints the healthchecks ask: the API's /healthz, the simulator's /v1/models,
     the Ray node agent's raylet check (public under Ray's token authentication)."""
-    from api.routes.health import router
-    from pipeline.simulator import SimConfig, build_app
+    from stepwise.api.routes.health import router
+    from stepwise.pipeline.simulator import SimConfig, build_app
 
     api_paths = {r.path for r in router.routes}
     sim_paths = {r.resource.canonical for r in build_app(SimConfig()).router.routes() if r.method == "GET"}
@@ -566,7 +566,7 @@ def test_dockerfile_copies_existing_sources_and_every_package():
             assert (ROOT / source).exists(), f"COPY {source}: no such file in the repository"
             assert Path(source).parts[0] not in ignored, f"COPY {source}: excluded by .dockerignore"
             copied.add(Path(source).parts[0])
-    packages = {p.rstrip("*") for p in pyproject()["tool"]["setuptools"]["packages"]["find"]["include"]}
+    packages = set(pyproject()["tool"]["setuptools"]["package-dir"].values())  # the folders installed
     readme = pyproject()["project"]["readme"]
     assert packages | {"pyproject.toml", readme} <= copied, f"not copied: {packages | {readme} - copied}"
 
@@ -613,7 +613,7 @@ SAMPLE_JOBS = sorted(p for p in JOBS.glob("*.yaml") if p != TEACHERS)
 
 def compose_job(path: Path):
     """A sample job as the api container runs it: its teacher profile from teachers.yaml."""
-    from pipeline.admission import TeacherProfiles, apply_profile
+    from stepwise.pipeline.admission import TeacherProfiles, apply_profile
 
     spec = load_job(path)
     return spec.model_copy(update={"teacher": apply_profile(spec.teacher, TeacherProfiles.load(TEACHERS),
@@ -644,7 +644,7 @@ def test_the_api_reads_the_profiles_and_data_from_the_mounted_jobs_folder():
     env = service("api")["environment"]
     mounted = {"/data/jobs": JOBS}
     assert Path(env["STEPWISE_TEACHERS"]).parent.as_posix() in mounted and env["STEPWISE_DATA_DIRS"] in mounted
-    from pipeline.admission import TeacherProfiles
+    from stepwise.pipeline.admission import TeacherProfiles
 
     profiles = TeacherProfiles.load(TEACHERS)
     for name, profile in profiles.profiles.items():

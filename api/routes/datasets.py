@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from api.deps import Authorized, StrictQuery, Uploads
-from api.errors import errors
-from api.schemas import DatasetList, UploadedDataset
-from api.strict_json import StrictJSONRoute
+from stepwise.api.deps import Authorized, StrictQuery, Uploads
+from stepwise.api.errors import errors
+from stepwise.api.schemas import DatasetList, UploadedDataset
+from stepwise.api.strict_json import StrictJSONRoute
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], dependencies=[Authorized, StrictQuery],
                    route_class=StrictJSONRoute)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.deps import StrictQuery
-from api.schemas import Health
+from stepwise.api.deps import StrictQuery
+from stepwise.api.schemas import Health
 
 router = APIRouter(tags=["health"], dependencies=[StrictQuery])
 

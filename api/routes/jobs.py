@@ -12,13 +12,13 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
-from api.deps import Authorized, Corpus, JobId, Service, StrictQuery, in_query_slot
-from api.encode import json_safe
-from api.errors import errors
-from api.schemas import PARQUET, JobAccepted, JobCreated, JobList, JobStatus, JobView, RecordPage
-from api.strict_json import StrictJSONRoute
-from pipeline.spec import JobSpec
-from storage.catalog import query as run_query
+from stepwise.api.deps import Authorized, Corpus, JobId, Service, StrictQuery, in_query_slot
+from stepwise.api.encode import json_safe
+from stepwise.api.errors import errors
+from stepwise.api.schemas import PARQUET, JobAccepted, JobCreated, JobList, JobStatus, JobView, RecordPage
+from stepwise.api.strict_json import StrictJSONRoute
+from stepwise.pipeline.spec import JobSpec
+from stepwise.storage.catalog import query as run_query
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Authorized, StrictQuery],
                    route_class=StrictJSONRoute)
@@ -88,7 +88,7 @@ async def list_records(job_id: JobId, service: Service, corpus: Corpus, request:
 async def export(job_id: JobId, service: Service, corpus: Corpus, request: Request,
                  format: Literal["dsbs", "finetune_cot", "chat", "parquet"] = "parquet") -> FileResponse:
     """A job's accepted records as a student-training file, streamed (dsbs, finetune_cot, chat: JSONL)."""
-    from pipeline.exports import export_job
+    from stepwise.pipeline.exports import export_job
 
     media, ext = _MEDIA.get(format, _JSONL)
     folder = tempfile.mkdtemp(prefix="stepwise-export-")

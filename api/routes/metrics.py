@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from api.deps import Authorized, StrictQuery
-from api.errors import errors
-from api.metrics import CONTENT_TYPE
+from stepwise.api.deps import Authorized, StrictQuery
+from stepwise.api.errors import errors
+from stepwise.api.metrics import CONTENT_TYPE
 
 router = APIRouter(tags=["metrics"], dependencies=[Authorized, StrictQuery])
 

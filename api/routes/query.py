@@ -13,13 +13,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
-from api.deps import Authorized, Corpus, StrictQuery, in_query_slot
-from api.encode import json_safe
-from api.errors import errors
-from api.schemas import PARQUET, QueryDownload, QueryRequest, QueryResult
-from api.strict_json import StrictJSONRoute
-from storage.catalog import query as run_query
-from storage.catalog import query_to_parquet
+from stepwise.api.deps import Authorized, Corpus, StrictQuery, in_query_slot
+from stepwise.api.encode import json_safe
+from stepwise.api.errors import errors
+from stepwise.api.schemas import PARQUET, QueryDownload, QueryRequest, QueryResult
+from stepwise.api.strict_json import StrictJSONRoute
+from stepwise.storage.catalog import query as run_query
+from stepwise.storage.catalog import query_to_parquet
 
 router = APIRouter(prefix="/v1", tags=["query"], dependencies=[Authorized, StrictQuery], route_class=StrictJSONRoute)
 

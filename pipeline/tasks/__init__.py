@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from pipeline.errors import TaskError
-from pipeline.spec import TaskSpec
-from pipeline.tasks.base import Task, normalize_text
-from pipeline.tasks.kinds import (
+from stepwise.pipeline.errors import TaskError
+from stepwise.pipeline.spec import TaskSpec
+from stepwise.pipeline.tasks.base import Task, normalize_text
+from stepwise.pipeline.tasks.kinds import (
     NLI_ALIASES,
     ArithmeticTask,
     CustomTask,
@@ -16,8 +16,8 @@ from pipeline.tasks.kinds import (
     NliTask,
     YesNoTask,
 )
-from pipeline.tasks.numbers import UnsafeExpression, evaluate
-from pipeline.types import Example
+from stepwise.pipeline.tasks.numbers import UnsafeExpression, evaluate
+from stepwise.pipeline.types import Example
 
 __all__ = ["Task", "build_task", "infer_kind", "normalize_text"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 
-from pipeline.types import Example
+from stepwise.pipeline.types import Example
 
 _WS = re.compile(r"\s+")
 _EDGE_PUNCT = " \t\n\"'`*.,;:!?"

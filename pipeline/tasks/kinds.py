@@ -6,10 +6,10 @@ import math
 import re
 from dataclasses import replace
 
-from pipeline.errors import short
-from pipeline.tasks.base import Task, normalize_text
-from pipeline.tasks.numbers import UnsafeExpression, canonical_number, evaluate, numbers_equal
-from pipeline.types import Example
+from stepwise.pipeline.errors import short
+from stepwise.pipeline.tasks.base import Task, normalize_text
+from stepwise.pipeline.tasks.numbers import UnsafeExpression, canonical_number, evaluate, numbers_equal
+from stepwise.pipeline.types import Example
 
 # ── multiple choice ──────────────────────────────────────────────────────────────────────────────────────────────
 _INLINE_CHOICES = re.compile(r"answer choices\s*:\s*(.*)$", re.IGNORECASE | re.DOTALL)

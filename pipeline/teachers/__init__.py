@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.errors import TeacherError
-from pipeline.teachers.base import TeacherBackend
+from stepwise.pipeline.errors import TeacherError
+from stepwise.pipeline.teachers.base import TeacherBackend
 
 
 def build_backend(spec, *, corpus: str | Path | None = None, cost=None, rate=None, meter=None,
@@ -13,24 +13,24 @@ def build_backend(spec, *, corpus: str | Path | None = None, cost=None, rate=Non
     """The backend a job's `teacher` block asks for. Live backends cache completions under the corpus; the live
     engine stops the job once more than `max_error_rate` of its requests failed."""
     if spec.backend == "replay":
-        from pipeline.teachers.replay import ReplayBackend
+        from stepwise.pipeline.teachers.replay import ReplayBackend
 
         return ReplayBackend.from_file(spec.path, spec.model)
     if spec.backend == "openai":
-        from pipeline.cache import RequestCache
-        from pipeline.teachers.openai_compat import OpenAIBackend
+        from stepwise.pipeline.cache import RequestCache
+        from stepwise.pipeline.teachers.openai_compat import OpenAIBackend
 
         cache = RequestCache.for_corpus(corpus) if corpus is not None else None
         return OpenAIBackend(spec, cache=cache, cost=cost, rate=rate, meter=meter, max_error_rate=max_error_rate)
     if spec.backend == "vllm":
-        from pipeline.cache import RequestCache
-        from pipeline.teachers.vllm_backend import VLLMBackend
+        from stepwise.pipeline.cache import RequestCache
+        from stepwise.pipeline.teachers.vllm_backend import VLLMBackend
 
         cache = RequestCache.for_corpus(corpus) if corpus is not None else None
         return VLLMBackend(spec, cache=cache, cost=cost)
     if spec.backend == "openai_batch":
-        from pipeline.cache import RequestCache
-        from pipeline.teachers.openai_batch import OpenAIBatchBackend
+        from stepwise.pipeline.cache import RequestCache
+        from stepwise.pipeline.teachers.openai_batch import OpenAIBatchBackend
 
         cache = RequestCache.for_corpus(corpus) if corpus is not None else None
         return OpenAIBatchBackend(spec, cache=cache, cost=cost, meter=meter)

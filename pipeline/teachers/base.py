@@ -6,8 +6,8 @@ import concurrent.futures
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from pipeline.errors import TeacherFailingError
-from pipeline.types import Completion, TeacherRequest
+from stepwise.pipeline.errors import TeacherFailingError
+from stepwise.pipeline.types import Completion, TeacherRequest
 
 
 class TeacherBackend(Protocol):

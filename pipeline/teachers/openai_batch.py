@@ -36,8 +36,8 @@ from typing import Any
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
-from pipeline.cache import RequestCache, open_sqlite
-from pipeline.errors import (
+from stepwise.pipeline.cache import RequestCache, open_sqlite
+from stepwise.pipeline.errors import (
     MalformedResponseError,
     RateLimitedError,
     RequestRejectedError,
@@ -47,11 +47,11 @@ from pipeline.errors import (
     TeacherTimeoutError,
     TransientTeacherError,
 )
-from pipeline.spec import CostSpec, OpenAIBatchTeacherSpec
-from pipeline.teachers.limits import request_tokens
-from pipeline.teachers.openai_compat import CostMeter, read_api_key
-from pipeline.teachers.transport import ChatResponse, chat_body, choice_completions, parse_chat, raise_for_status
-from pipeline.types import Completion, TeacherRequest
+from stepwise.pipeline.spec import CostSpec, OpenAIBatchTeacherSpec
+from stepwise.pipeline.teachers.limits import request_tokens
+from stepwise.pipeline.teachers.openai_compat import CostMeter, read_api_key
+from stepwise.pipeline.teachers.transport import ChatResponse, chat_body, choice_completions, parse_chat, raise_for_status
+from stepwise.pipeline.types import Completion, TeacherRequest
 
 EventFn = Callable[[Completion, bool], None]  # (completion, served from cache)
 ENDPOINT = "/v1/chat/completions"

@@ -30,8 +30,8 @@ from urllib.parse import quote
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential, wait_random
 
-from pipeline.cache import RequestCache
-from pipeline.errors import (
+from stepwise.pipeline.cache import RequestCache
+from stepwise.pipeline.errors import (
     BudgetExhaustedError,
     RateLimitedError,
     RequestRejectedError,
@@ -40,11 +40,11 @@ from pipeline.errors import (
     TeacherTimeoutError,
     TransientTeacherError,
 )
-from pipeline.spec import CostSpec, OpenAITeacherSpec
-from pipeline.teachers.base import ErrorBudget
-from pipeline.teachers.limits import AdaptiveConcurrency, RateBudget, parse_reset, request_tokens
-from pipeline.teachers.transport import ChatResponse, build_transport, chat_body, choice_completions
-from pipeline.types import Completion, TeacherRequest
+from stepwise.pipeline.spec import CostSpec, OpenAITeacherSpec
+from stepwise.pipeline.teachers.base import ErrorBudget
+from stepwise.pipeline.teachers.limits import AdaptiveConcurrency, RateBudget, parse_reset, request_tokens
+from stepwise.pipeline.teachers.transport import ChatResponse, build_transport, chat_body, choice_completions
+from stepwise.pipeline.types import Completion, TeacherRequest
 
 EventFn = Callable[[Completion, bool], None]  # (completion, served from cache)
 _MAX_N = 128

@@ -13,9 +13,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import TeacherError
-from pipeline.teachers.base import completed_future
-from pipeline.types import Completion, TeacherRequest
+from stepwise.pipeline.errors import TeacherError
+from stepwise.pipeline.teachers.base import completed_future
+from stepwise.pipeline.types import Completion, TeacherRequest
 
 Recorded = tuple[str | None, str | None, int | None, int | None]  # text, finish_reason, tokens_in, tokens_out
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from pipeline.errors import (
+from stepwise.pipeline.errors import (
     MalformedResponseError,
     RateLimitedError,
     RequestRejectedError,
@@ -24,8 +24,8 @@ from pipeline.errors import (
     TeacherServerError,
     TeacherTimeoutError,
 )
-from pipeline.teachers.limits import estimate_tokens, retry_after_seconds
-from pipeline.types import Completion, TeacherRequest
+from stepwise.pipeline.teachers.limits import estimate_tokens, retry_after_seconds
+from stepwise.pipeline.types import Completion, TeacherRequest
 
 
 @dataclass(frozen=True, slots=True)

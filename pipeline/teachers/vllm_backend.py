@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from pipeline.cache import RequestCache
-from pipeline.errors import TeacherError
-from pipeline.teachers.base import completed_future
-from pipeline.types import Completion, TeacherRequest
+from stepwise.pipeline.cache import RequestCache
+from stepwise.pipeline.errors import TeacherError
+from stepwise.pipeline.teachers.base import completed_future
+from stepwise.pipeline.types import Completion, TeacherRequest
 
 MISSING = ("the 'vllm' teacher backend needs the vllm extra and a CUDA GPU: pip install 'stepwise[vllm]' "
            "(or point backend: openai at a `vllm serve` server)")

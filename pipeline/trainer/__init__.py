@@ -10,8 +10,8 @@ folder, the offline `tiny` one), `train` (`main(config)`), `evaluate` (generatio
 torch, transformers and matplotlib (the `train` extra) are imported only when a run starts.
 """
 
-from pipeline.trainer.config import MODES, SweepConfig, TrainConfig
-from pipeline.trainer.sweep import sweep
-from pipeline.trainer.train import main
+from stepwise.pipeline.trainer.config import MODES, SweepConfig, TrainConfig
+from stepwise.pipeline.trainer.sweep import sweep
+from stepwise.pipeline.trainer.train import main
 
 __all__ = ["MODES", "SweepConfig", "TrainConfig", "main", "sweep"]

@@ -12,8 +12,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from pipeline.errors import StepwiseError, TrainConfigError
-from pipeline.exports import parse_split
+from stepwise.pipeline.errors import StepwiseError, TrainConfigError
+from stepwise.pipeline.exports import parse_split
 
 MODES = ("standard", "multitask", "cot")
 LABEL_SOURCES = ("gold", "teacher")

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from pipeline.errors import DatasetError, TaskError, TrainerError
-from pipeline.exports import ARROW, EXPLAIN_PREFIX, PREDICT_PREFIX, SPLITS, accepted_records, assign_split
-from pipeline.spec import TaskSpec
-from pipeline.tasks import Task, build_task
-from pipeline.trainer.config import TrainConfig
-from pipeline.types import Example
+from stepwise.pipeline.errors import DatasetError, TaskError, TrainerError
+from stepwise.pipeline.exports import ARROW, EXPLAIN_PREFIX, PREDICT_PREFIX, SPLITS, accepted_records, assign_split
+from stepwise.pipeline.spec import TaskSpec
+from stepwise.pipeline.tasks import Task, build_task
+from stepwise.pipeline.trainer.config import TrainConfig
+from stepwise.pipeline.types import Example
 
 REQUIRED = ("example_id", "input", "rationale", "gold_label", "teacher_label")
 # columns of the other export formats, to say what is wrong when one of them is given
@@ -154,8 +154,8 @@ def read_job(root: str, job_id: str, split: tuple[float, float, float], split_se
     The test split holds *every* question of the job that falls in it, also those none of whose samples was
     accepted: with `require_correct` the accepted ones are the questions the teacher got right, and scoring the
     student only on those would flatter it."""
-    from storage.catalog import query
-    from storage.jobs import JobRegistry
+    from stepwise.storage.catalog import query
+    from stepwise.storage.jobs import JobRegistry
 
     state = JobRegistry(root).get(job_id)  # also refuses an unsafe id before it goes into SQL below
     records = [Record(r["example_id"], r["sample_idx"], r["input"], r["rationale"], r["label"], r["gold_label"])

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline.exports import ARROW
-from pipeline.tasks import Task
-from pipeline.trainer.data import EvalExample, source_text
-from pipeline.types import Example
-from storage.parquet import write_table_atomic
+from stepwise.pipeline.exports import ARROW
+from stepwise.pipeline.tasks import Task
+from stepwise.pipeline.trainer.data import EvalExample, source_text
+from stepwise.pipeline.types import Example
+from stepwise.storage.parquet import write_table_atomic
 
 PREDICTIONS_SCHEMA = pa.schema([
     ("example_id", pa.string()), ("input", pa.string()), ("gold_label", pa.string()), ("prediction", pa.string()),

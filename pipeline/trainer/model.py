@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.errors import MissingExtraError, TrainerError
-from pipeline.trainer.config import TINY
+from stepwise.pipeline.errors import MissingExtraError, TrainerError
+from stepwise.pipeline.trainer.config import TINY
 
 MISSING = "the student trainer needs the train extra (torch, transformers, matplotlib): pip install 'stepwise[train]'"
 

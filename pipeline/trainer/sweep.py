@@ -13,10 +13,10 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from pipeline.errors import MissingExtraError
-from pipeline.trainer.config import SweepConfig
-from pipeline.trainer.model import MISSING
-from pipeline.trainer.train import main
+from stepwise.pipeline.errors import MissingExtraError
+from stepwise.pipeline.trainer.config import SweepConfig
+from stepwise.pipeline.trainer.model import MISSING
+from stepwise.pipeline.trainer.train import main
 
 COLUMNS = ("variant", "mode", "label_source", "fraction", "train_examples", "train_pairs", "steps", "accuracy",
            "correct", "n", "final_loss", "seconds", "out")

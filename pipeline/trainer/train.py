@@ -16,11 +16,11 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-from pipeline.errors import TrainerError
-from pipeline.trainer.config import TrainConfig
-from pipeline.trainer.data import Pair, build_train_set, load_data
-from pipeline.trainer.evaluate import evaluate, write_json, write_predictions
-from pipeline.trainer.model import import_train_deps, load_model, pick_device
+from stepwise.pipeline.errors import TrainerError
+from stepwise.pipeline.trainer.config import TrainConfig
+from stepwise.pipeline.trainer.data import Pair, build_train_set, load_data
+from stepwise.pipeline.trainer.evaluate import evaluate, write_json, write_predictions
+from stepwise.pipeline.trainer.model import import_train_deps, load_model, pick_device
 
 LOG_FILE, METRICS_FILE, PREDICTIONS_FILE, CHECKPOINT_DIR = ("train_log.jsonl", "metrics.json",
                                                             "predictions.parquet", "checkpoint")

@@ -94,7 +94,7 @@ def start_server(corpus: Path, log: Path, token: str | None = TOKEN, *flags: str
     if token:
         env["STEPWISE_API_TOKEN"] = token
     out = log.open("ab")
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "serve", "--corpus", str(corpus),
+    proc = subprocess.Popen([sys.executable, "-m", "stepwise", "serve", "--corpus", str(corpus),
                              "--port", str(port), "--log-level", "warning", *flags],
                             cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
     out.close()

@@ -10,8 +10,8 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import positive_data_acceptance
 
-from api.app import create_app
-from api.settings import ServiceSettings
+from stepwise.api.app import create_app
+from stepwise.api.settings import ServiceSettings
 from tests.api.conftest import TOKEN
 
 # the schema the server publishes, built at collection time from the same app `stepwise serve` runs; the requests

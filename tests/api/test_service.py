@@ -308,7 +308,7 @@ def test_the_api_package_never_loads_ray_or_vllm():
     import subprocess
     import sys
 
-    code = ("import sys, api.app; from api.app import create_app; "
+    code = ("import sys, stepwise.api.app; from stepwise.api.app import create_app; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'vllm', 'torch')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

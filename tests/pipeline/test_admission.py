@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from api.settings import ServiceSettings
-from pipeline.admission import DataRoots, TeacherProfiles, admit_teacher, apply_profile, resolve_profile
-from pipeline.errors import JobSpecError
-from pipeline.spec import JobSpec, load_job
+from stepwise.api.settings import ServiceSettings
+from stepwise.pipeline.admission import DataRoots, TeacherProfiles, admit_teacher, apply_profile, resolve_profile
+from stepwise.pipeline.errors import JobSpecError
+from stepwise.pipeline.spec import JobSpec, load_job
 from tests.conftest import stepwise, write_jsonl
 
 
@@ -153,6 +153,6 @@ def test_serve_refuses_to_start_with_a_bad_setting(tmp_path):
     import sys
 
     env = {**os.environ, "STEPWISE_DATA_DIRS": str(tmp_path / "missing")}
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "serve", "--corpus", str(tmp_path / "c")],
+    proc = subprocess.run([sys.executable, "-m", "stepwise", "serve", "--corpus", str(tmp_path / "c")],
                           capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 2 and "data_dirs" in proc.stderr, proc.stderr

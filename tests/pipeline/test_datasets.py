@@ -16,11 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.datasets import _read_json, check_fields, check_gold, content_id, detect_format, read_examples
-from pipeline.errors import DatasetError, JobSpecError
-from pipeline.spec import DatasetSpec, TaskSpec
-from pipeline.tasks import build_task
-from pipeline.types import Example, RowReject
+from stepwise.pipeline.datasets import _read_json, check_fields, check_gold, content_id, detect_format, read_examples
+from stepwise.pipeline.errors import DatasetError, JobSpecError
+from stepwise.pipeline.spec import DatasetSpec, TaskSpec
+from stepwise.pipeline.tasks import build_task
+from stepwise.pipeline.types import Example, RowReject
 from tests.conftest import write_jsonl
 
 # Three small rows of our own, used across formats.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from storage.catalog import query
+from stepwise.storage.catalog import query
 from tests.conftest import stepwise
 
 

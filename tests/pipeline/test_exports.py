@@ -11,11 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline.errors import StepwiseError, StorageError
-from pipeline.exports import EXPORT_SCHEMA, assign_split, export_job, parse_split
-from pipeline.runner import run_job
-from pipeline.spec import load_job
-from storage.catalog import query
+from stepwise.pipeline.errors import StepwiseError, StorageError
+from stepwise.pipeline.exports import EXPORT_SCHEMA, assign_split, export_job, parse_split
+from stepwise.pipeline.runner import run_job
+from stepwise.pipeline.spec import load_job
+from stepwise.storage.catalog import query
 from tests.conftest import write_jsonl
 
 ARITH, MC = "pears", "quiz"

@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from pipeline.heartbeat import LAST_ERRORS, Heartbeat, HeartbeatWriter, _Rate, read_heartbeat
-from pipeline.runner import ShardResult, run_job
-from pipeline.spec import load_job
-from pipeline.types import Completion
-from storage.location import CorpusLocation
+from stepwise.pipeline.heartbeat import LAST_ERRORS, Heartbeat, HeartbeatWriter, _Rate, read_heartbeat
+from stepwise.pipeline.runner import ShardResult, run_job
+from stepwise.pipeline.spec import load_job
+from stepwise.pipeline.types import Completion
+from stepwise.storage.location import CorpusLocation
 from tests.pipeline.test_runner import make_job
 
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.parsing import cut_follow_on, parse_completion
-from pipeline.spec import FilterSpec, TaskSpec
-from pipeline.tasks import Task, build_task
-from pipeline.types import Completion, Example, Parsed, RejectReason
-from pipeline.validate import judge_example
+from stepwise.pipeline.parsing import cut_follow_on, parse_completion
+from stepwise.pipeline.spec import FilterSpec, TaskSpec
+from stepwise.pipeline.tasks import Task, build_task
+from stepwise.pipeline.types import Completion, Example, Parsed, RejectReason
+from stepwise.pipeline.validate import judge_example
 from tests.conftest import load_dsbs_pairs
 
 R = RejectReason

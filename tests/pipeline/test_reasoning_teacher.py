@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.datasets import read_examples
-from pipeline.spec import DatasetSpec, TaskSpec
-from pipeline.tasks import build_task, infer_kind
-from pipeline.types import Example
+from stepwise.pipeline.datasets import read_examples
+from stepwise.pipeline.spec import DatasetSpec, TaskSpec
+from stepwise.pipeline.tasks import build_task, infer_kind
+from stepwise.pipeline.types import Example
 
 # file stem: (kind, rows, first three normalised golds)
 DATASETS = {

@@ -13,10 +13,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.runner import run_job
-from pipeline.spec import load_job
-from storage.catalog import query
-from storage.jobs import JobRegistry
+from stepwise.pipeline.runner import run_job
+from stepwise.pipeline.spec import load_job
+from stepwise.storage.catalog import query
+from stepwise.storage.jobs import JobRegistry
 from tests.conftest import ROOT, write_jsonl
 
 
@@ -47,7 +47,7 @@ def test_sigkill_mid_run_then_resume_gives_exactly_the_expected_rows(tmp_path):
     job = make_job(tmp_path, n, shard_size=shard)
     corpus = tmp_path / "corpus"
     parts = corpus / "records" / "kill-test"
-    cmd = [sys.executable, "-m", "pipeline.cli", "run", str(job), "--corpus", str(corpus), "--quiet"]
+    cmd = [sys.executable, "-m", "stepwise", "run", str(job), "--corpus", str(corpus), "--quiet"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import shutil
 from dataclasses import asdict
 
-import pipeline.runner as runner
-from pipeline.runner import merge_summaries, run_job, summarize, summarize_files
-from pipeline.service import JobService
-from pipeline.spec import load_job
-from storage.location import CorpusLocation
+import stepwise.pipeline.runner as runner
+from stepwise.pipeline.runner import merge_summaries, run_job, summarize, summarize_files
+from stepwise.pipeline.service import JobService
+from stepwise.pipeline.spec import load_job
+from stepwise.storage.location import CorpusLocation
 from tests.pipeline.test_runner import make_job
 
 COUNTERS = ("n_examples", "n_records", "n_accepted", "n_rejected", "n_correct", "n_with_gold", "tokens_in",

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.errors import JobSpecError
-from pipeline.spec import JobSpec, check_files, load_job, parse_job
+from stepwise.pipeline.errors import JobSpecError
+from stepwise.pipeline.spec import JobSpec, check_files, load_job, parse_job
 from tests.conftest import stepwise
 
 BASE = {

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.errors import TaskError
-from pipeline.spec import TaskSpec
-from pipeline.tasks import build_task, infer_kind
-from pipeline.tasks.kinds import (
+from stepwise.pipeline.errors import TaskError
+from stepwise.pipeline.spec import TaskSpec
+from stepwise.pipeline.tasks import build_task, infer_kind
+from stepwise.pipeline.tasks.kinds import (
     NLI_LABELS,
     ArithmeticTask,
     CustomTask,
@@ -20,8 +20,8 @@ from pipeline.tasks.kinds import (
     NliTask,
     YesNoTask,
 )
-from pipeline.tasks.numbers import UnsafeExpression, canonical_number, evaluate, numbers_equal
-from pipeline.types import Example
+from stepwise.pipeline.tasks.numbers import UnsafeExpression, canonical_number, evaluate, numbers_equal
+from stepwise.pipeline.types import Example
 
 CHOICES = ("park", "coloring book", "garden center", "math problem", "gravity")
 MC_EX = Example(id="mc", input="What is this an example of?", choices=CHOICES)

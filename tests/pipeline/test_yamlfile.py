@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from pipeline.yamlfile import MAX_BYTES, YamlError, load_yaml
+from stepwise.pipeline.yamlfile import MAX_BYTES, YamlError, load_yaml
 
 SECRET = "SECRET-MARKER-9f2c"
 

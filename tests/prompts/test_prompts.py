@@ -6,11 +6,11 @@ import hashlib
 
 import pytest
 
-from pipeline.errors import PromptError
-from pipeline.spec import PromptSpec, TaskSpec
-from pipeline.tasks import build_task
-from pipeline.types import Example
-from prompts import TEMPLATES, answer_schema, load_prompt
+from stepwise.pipeline.errors import PromptError
+from stepwise.pipeline.spec import PromptSpec, TaskSpec
+from stepwise.pipeline.tasks import build_task
+from stepwise.pipeline.types import Example
+from stepwise.prompts import TEMPLATES, answer_schema, load_prompt
 
 EXAMPLES = {
     "arithmetic": Example("a", "Ann has 3 apples and buys 4 more. How many does she have?", "7"),

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cache import cache_path
-from pipeline.errors import JobConflictError, StorageError
-from pipeline.exports import FORMATS, export_job
-from pipeline.heartbeat import read_heartbeat
-from pipeline.runner import run_job
-from pipeline.spec import load_job
-from storage.catalog import query
-from storage.jobs import JobRegistry
-from storage.location import CorpusLocation
+from stepwise.pipeline.cache import cache_path
+from stepwise.pipeline.errors import JobConflictError, StorageError
+from stepwise.pipeline.exports import FORMATS, export_job
+from stepwise.pipeline.heartbeat import read_heartbeat
+from stepwise.pipeline.runner import run_job
+from stepwise.pipeline.spec import load_job
+from stepwise.storage.catalog import query
+from stepwise.storage.jobs import JobRegistry
+from stepwise.storage.location import CorpusLocation
 from tests.conftest import stepwise
 from tests.pipeline.test_runner import make_job
 

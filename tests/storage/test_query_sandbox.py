@@ -20,11 +20,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.errors import QueryError, QueryRefusedError
-from storage import catalog
-from storage.catalog import check_read_only, connect, query, query_to_parquet
-from storage.jobs import JobRegistry, JobState
-from storage.parquet import write_records
+from stepwise.pipeline.errors import QueryError, QueryRefusedError
+from stepwise.storage import catalog
+from stepwise.storage.catalog import check_read_only, connect, query, query_to_parquet
+from stepwise.storage.jobs import JobRegistry, JobState
+from stepwise.storage.parquet import write_records
 from tests.storage.test_storage import WHEN, record
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -498,7 +498,7 @@ def test_byte_cap_keeps_the_longest_prefix_that_fits(site):
 _WIDE = """
 import resource, sys, time
 sys.path.insert(0, {root!r})
-from storage.catalog import query
+from stepwise.storage.catalog import query
 start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t0 = time.monotonic()
 result = query({corpus!r}, "SELECT repeat('x', 100000) AS s FROM range(100000)", max_bytes=32 << 20,

@@ -16,12 +16,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.errors import QueryError, StorageError
-from pipeline.types import RationaleRecord
-from storage.catalog import connect, query
-from storage.jobs import JobRegistry, JobState
-from storage.parquet import records_to_table, remove_stale_temp_files, write_records, write_table_atomic
-from storage.schema import JOBS_SCHEMA, RECORDS_SCHEMA, SCHEMA_VERSION
+from stepwise.pipeline.errors import QueryError, StorageError
+from stepwise.pipeline.types import RationaleRecord
+from stepwise.storage.catalog import connect, query
+from stepwise.storage.jobs import JobRegistry, JobState
+from stepwise.storage.parquet import records_to_table, remove_stale_temp_files, write_records, write_table_atomic
+from stepwise.storage.schema import JOBS_SCHEMA, RECORDS_SCHEMA, SCHEMA_VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
 WHEN = datetime(2024, 5, 17, 9, 30, 0, 123456, tzinfo=UTC)
@@ -83,8 +83,8 @@ import os, sys
 from datetime import UTC, datetime
 from pathlib import Path
 import pyarrow as pa
-from storage.parquet import write_table_atomic
-from storage.schema import DICTIONARY_COLUMNS, RECORDS_SCHEMA
+from stepwise.storage.parquet import write_table_atomic
+from stepwise.storage.schema import DICTIONARY_COLUMNS, RECORDS_SCHEMA
 
 n = int(sys.argv[2])
 blob = os.urandom(n * 150).hex()  # incompressible text, so writing takes a while

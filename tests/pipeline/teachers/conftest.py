@@ -59,7 +59,7 @@ def start_sim(tmp_path: Path) -> Iterator[SimFactory]:
         log = tmp_path / f"sim-{n}.log"
         out = log.open("wb")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "sim", "--port-file", str(port_file), *flags],
+            [sys.executable, "-m", "stepwise", "sim", "--port-file", str(port_file), *flags],
             cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         started.append((proc, out))
         deadline = time.monotonic() + timeout_s

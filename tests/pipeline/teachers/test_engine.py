@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cache import RequestCache
-from pipeline.errors import BudgetExhaustedError, TeacherAuthError
-from pipeline.spec import CostSpec, OpenAITeacherSpec
-from pipeline.teachers.limits import estimate_tokens
-from pipeline.teachers.openai_compat import OpenAIBackend
-from pipeline.types import Completion, Sampling, TeacherRequest
+from stepwise.pipeline.cache import RequestCache
+from stepwise.pipeline.errors import BudgetExhaustedError, TeacherAuthError
+from stepwise.pipeline.spec import CostSpec, OpenAITeacherSpec
+from stepwise.pipeline.teachers.limits import estimate_tokens
+from stepwise.pipeline.teachers.openai_compat import OpenAIBackend
+from stepwise.pipeline.types import Completion, Sampling, TeacherRequest
 from tests.conftest import write_jsonl
 
 MODEL = "stepwise-sim"

@@ -19,10 +19,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from pipeline.spec import OpenAITeacherSpec
-from pipeline.teachers.base import ErrorBudget
-from pipeline.teachers.openai_compat import OpenAIBackend
-from pipeline.types import Sampling, TeacherRequest
+from stepwise.pipeline.spec import OpenAITeacherSpec
+from stepwise.pipeline.teachers.base import ErrorBudget
+from stepwise.pipeline.teachers.openai_compat import OpenAIBackend
+from stepwise.pipeline.types import Sampling, TeacherRequest
 from tests.pipeline.teachers.test_live_jobs import FAST, cli_args, flat, make_job, ok, rows, run_job, sim_for
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from pipeline.teachers.limits import (
+from stepwise.pipeline.teachers.limits import (
     AdaptiveConcurrency,
     RateBudget,
     SlidingWindow,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from storage.catalog import query
+from stepwise.storage.catalog import query
 from tests.conftest import sigkill_when, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -62,7 +62,7 @@ def make_job(folder: Path, n: int, *, job_id: str | None = "live", **fields) -> 
 
 
 def cli_args(job: Path, corpus: Path, sim, *sets: str) -> list[str]:
-    args = [sys.executable, "-m", "pipeline.cli", "run", str(job), "--corpus", str(corpus), "--quiet",
+    args = [sys.executable, "-m", "stepwise", "run", str(job), "--corpus", str(corpus), "--quiet",
             "--set", f"teacher.base_url={sim.base_url}"]
     for item in sets:
         args += ["--set", item]

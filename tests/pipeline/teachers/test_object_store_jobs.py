@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from pipeline.cache import RequestCache
+from stepwise.pipeline.cache import RequestCache
 from tests.pipeline.teachers.test_live_jobs import FAST, ROOT, make_job, ok, rows, run_job, sim_for
 from tests.pipeline.test_runner import make_job as make_replay_job
 
@@ -39,9 +39,9 @@ def test_a_live_job_on_s3_caches_in_STEPWISE_CACHE_DIR_and_a_second_job_is_serve
 def test_ray_workers_write_to_s3_the_records_of_a_local_run(s3, tmp_path):
     pytest.importorskip("ray")
     job = make_replay_job(tmp_path, 200, samples=2, shard_size=40)
-    local = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(job), "--corpus",
+    local = subprocess.run([sys.executable, "-m", "stepwise", "run", str(job), "--corpus",
                             str(tmp_path / "local"), "--quiet"], cwd=ROOT, capture_output=True, text=True)
-    on_ray = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(job), "--corpus", s3.uri(),
+    on_ray = subprocess.run([sys.executable, "-m", "stepwise", "run", str(job), "--corpus", s3.uri(),
                              "--quiet", "--executor", "ray", "--workers", "2"], cwd=tmp_path, capture_output=True,
                             text=True, timeout=240)
     ok(local), ok(on_ray)

@@ -20,14 +20,14 @@ import pytest
 import yaml
 from openai import OpenAI
 
-from pipeline.cache import RequestCache
-from pipeline.errors import RequestRejectedError, TeacherAuthError
-from pipeline.spec import JobSpec, OpenAIBatchTeacherSpec, parse_job
-from pipeline.teachers import build_backend
-from pipeline.teachers.openai_batch import BatchLedger, OpenAIBatchBackend
-from pipeline.teachers.transport import chat_body
-from pipeline.types import Completion, Sampling, TeacherRequest
-from storage.catalog import query
+from stepwise.pipeline.cache import RequestCache
+from stepwise.pipeline.errors import RequestRejectedError, TeacherAuthError
+from stepwise.pipeline.spec import JobSpec, OpenAIBatchTeacherSpec, parse_job
+from stepwise.pipeline.teachers import build_backend
+from stepwise.pipeline.teachers.openai_batch import BatchLedger, OpenAIBatchBackend
+from stepwise.pipeline.teachers.transport import chat_body
+from stepwise.pipeline.types import Completion, Sampling, TeacherRequest
+from stepwise.storage.catalog import query
 from tests.conftest import sigkill_when, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -368,7 +368,7 @@ def test_a_batch_job_killed_between_submission_and_completion_resumes_without_su
     }, sort_keys=False), encoding="utf-8")
     sim = start_sim("--dataset", str(folder / "problems.jsonl"), "--wrong-rate", "0", "--batch-delay", "4")
     corpus = tmp_path / "corpus"
-    args = [sys.executable, "-m", "pipeline.cli", "run", str(job), "--corpus", str(corpus), "--quiet",
+    args = [sys.executable, "-m", "stepwise", "run", str(job), "--corpus", str(corpus), "--quiet",
             "--set", f"teacher.base_url={sim.base_url}"]
 
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -421,7 +421,7 @@ def test_how_batches_are_sent_does_not_change_the_job_fingerprint(field, value):
     ("base_url", "api.openai.com", "http(s) URL"),
 ])
 def test_a_bad_batch_teacher_names_the_field(field, value, message):
-    from pipeline.errors import JobSpecError
+    from stepwise.pipeline.errors import JobSpecError
 
     with pytest.raises(JobSpecError) as info:
         _job({field: value})

@@ -39,9 +39,9 @@ def test_local_and_ray_give_the_same_records_for_a_recorded_and_a_live_teacher(s
     (tmp_path / "replay").mkdir()
     replay = make_replay_job(tmp_path / "replay", 300, samples=2, shard_size=40)
     corpus = tmp_path / "corpus"
-    local = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(replay), "--corpus", str(corpus / "a"),
+    local = subprocess.run([sys.executable, "-m", "stepwise", "run", str(replay), "--corpus", str(corpus / "a"),
                             "--quiet"], cwd=ROOT, capture_output=True, text=True)
-    on_ray = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(replay), "--corpus", str(corpus / "b"),
+    on_ray = subprocess.run([sys.executable, "-m", "stepwise", "run", str(replay), "--corpus", str(corpus / "b"),
                              "--quiet", "--executor", "ray", "--workers", "3"], cwd=ROOT, capture_output=True,
                             text=True)
     ok(local), ok(on_ray)
@@ -141,7 +141,7 @@ def test_cancel_stops_the_job_within_seconds_and_a_rerun_finishes_it(start_sim, 
         assert time.monotonic() < deadline, "the job made no progress"
         time.sleep(0.05)
     asked = time.monotonic()
-    cancel = subprocess.run([sys.executable, "-m", "pipeline.cli", "cancel", "live", "--corpus", str(corpus)],
+    cancel = subprocess.run([sys.executable, "-m", "stepwise", "cancel", "live", "--corpus", str(corpus)],
                             cwd=ROOT, capture_output=True, text=True)
     assert cancel.returncode == 0, cancel.stderr
     _, stderr = proc.communicate(timeout=60)

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from pipeline.cache import RequestCache
-from pipeline.errors import TeacherError
-from pipeline.runner import run_job
-from pipeline.spec import VLLMTeacherSpec, load_job
-from pipeline.teachers import build_backend
-from pipeline.types import Sampling, TeacherRequest
-from storage.catalog import query
+from stepwise.pipeline.cache import RequestCache
+from stepwise.pipeline.errors import TeacherError
+from stepwise.pipeline.runner import run_job
+from stepwise.pipeline.spec import VLLMTeacherSpec, load_job
+from stepwise.pipeline.teachers import build_backend
+from stepwise.pipeline.types import Sampling, TeacherRequest
+from stepwise.storage.catalog import query
 from tests.conftest import write_jsonl
 
 

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.exports import EXPORT_SCHEMA
+from stepwise.pipeline.exports import EXPORT_SCHEMA
 from tests.conftest import stepwise
 
 SVAMP_JOB, CQA_JOB = "svamp-test", "cqa-test"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main
+from stepwise.pipeline.cli import main
 from tests.conftest import ROOT
 
 BENCH = ROOT / "bench" / "train_sweep_gpu.py"

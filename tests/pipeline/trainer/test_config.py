@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import TrainConfigError
-from pipeline.trainer.config import (
+from stepwise.pipeline.errors import TrainConfigError
+from stepwise.pipeline.trainer.config import (
     DEFAULT_EPOCHS,
     PRETRAINED_LR,
     TINY_LR,

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import DatasetError, TrainerError
-from pipeline.exports import assign_split
-from pipeline.trainer.config import TrainConfig
-from pipeline.trainer.data import (
+from stepwise.pipeline.errors import DatasetError, TrainerError
+from stepwise.pipeline.exports import assign_split
+from stepwise.pipeline.trainer.config import TrainConfig
+from stepwise.pipeline.trainer.data import (
     Pair,
     Record,
     build_train_set,
@@ -101,9 +101,9 @@ def test_the_real_export_never_leaks_a_question_across_splits(svamp_export: Path
 
 
 def test_a_jobs_test_split_scores_every_question_also_those_the_teacher_got_wrong(tmp_path: Path):
-    from pipeline.exports import assign_split
-    from pipeline.runner import run_job
-    from pipeline.spec import load_job
+    from stepwise.pipeline.exports import assign_split
+    from stepwise.pipeline.runner import run_job
+    from stepwise.pipeline.spec import load_job
     from tests.pipeline.test_runner import make_job
 
     # a recorded teacher that is wrong on every fourth question: those are rejected (`incorrect`), so a test
@@ -119,7 +119,7 @@ def test_a_jobs_test_split_scores_every_question_also_those_the_teacher_got_wron
 
 
 def test_a_job_without_records_is_an_error(release_corpus: Path, tmp_path: Path):
-    from pipeline.errors import StorageError
+    from stepwise.pipeline.errors import StorageError
 
     with pytest.raises(StorageError, match="no records"):
         load_data(TrainConfig(out=str(tmp_path), corpus=str(release_corpus), job="no-such-job"))

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.parsing import cut_follow_on, split_answer
-from pipeline.spec import TaskSpec
-from pipeline.tasks import build_task
-from pipeline.trainer.data import Record, eval_examples, read_job
-from pipeline.trainer.evaluate import answer_text, score
-from pipeline.types import Example
-from storage.catalog import query
+from stepwise.pipeline.parsing import cut_follow_on, split_answer
+from stepwise.pipeline.spec import TaskSpec
+from stepwise.pipeline.tasks import build_task
+from stepwise.pipeline.trainer.data import Record, eval_examples, read_job
+from stepwise.pipeline.trainer.evaluate import answer_text, score
+from stepwise.pipeline.types import Example
+from stepwise.storage.catalog import query
 from tests.pipeline.trainer.conftest import CQA_JOB, SVAMP_JOB
 
 ARITH = build_task(TaskSpec(kind="arithmetic"))

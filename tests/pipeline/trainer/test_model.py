@@ -39,7 +39,7 @@ def test_tiny_and_local_folders_load_without_the_network(tmp_path: Path):
     """With every socket call refused and no offline switch set, `tiny` is built and a saved checkpoint is
     loaded back from its folder; the hub is never asked."""
     proc = python(NO_NETWORK + f"""
-from pipeline.trainer.model import load_model
+from stepwise.pipeline.trainer.model import load_model
 model, tokenizer = load_model("tiny", seed=3)
 model.save_pretrained({str(tmp_path / "ckpt")!r})
 tokenizer.save_pretrained({str(tmp_path / "ckpt")!r})
@@ -61,7 +61,7 @@ print("guard caught", len(asked))
 
 
 def test_the_same_seed_builds_the_same_tiny_model():
-    from pipeline.trainer.model import load_model
+    from stepwise.pipeline.trainer.model import load_model
 
     a, _ = load_model("tiny", seed=5)
     b, _ = load_model("tiny", seed=5)
@@ -71,8 +71,8 @@ def test_the_same_seed_builds_the_same_tiny_model():
 
 
 def test_a_folder_that_is_not_a_model_is_a_clear_error(tmp_path: Path):
-    from pipeline.errors import TrainerError
-    from pipeline.trainer.model import load_model
+    from stepwise.pipeline.errors import TrainerError
+    from stepwise.pipeline.trainer.model import load_model
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(TrainerError, match="cannot load the model .* from the local folder"):
@@ -82,8 +82,8 @@ def test_a_folder_that_is_not_a_model_is_a_clear_error(tmp_path: Path):
 def test_cuda_asked_for_without_a_gpu(monkeypatch: pytest.MonkeyPatch):
     import torch
 
-    from pipeline.errors import TrainerError
-    from pipeline.trainer.model import pick_device
+    from stepwise.pipeline.errors import TrainerError
+    from stepwise.pipeline.trainer.model import pick_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(TrainerError, match="--device cuda: torch sees no CUDA GPU"):
@@ -96,7 +96,7 @@ def test_without_the_extra_the_error_names_it(tmp_path: Path, svamp_export: Path
     proc = python(f"""
 import sys
 sys.modules["torch"] = None  # what an environment without the train extra looks like to `import torch`
-from pipeline.cli import main
+from stepwise.pipeline.cli import main
 sys.exit(main(["train", "--export", {str(svamp_export)!r}, "--out", {str(tmp_path / "out")!r}]))
 """, tmp_path)
     assert proc.returncode == 1, proc.stderr

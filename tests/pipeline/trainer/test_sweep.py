@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.trainer import MODES, SweepConfig, TrainConfig, sweep
-from pipeline.trainer.sweep import pivot
+from stepwise.pipeline.trainer import MODES, SweepConfig, TrainConfig, sweep
+from stepwise.pipeline.trainer.sweep import pivot
 from tests.conftest import stepwise
 
 pytest.importorskip("torch", reason="the trainer tests need the train extra: pip install -e '.[train]'")

@@ -10,10 +10,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.trainer import TrainConfig, main
-from pipeline.trainer.data import load_data
-from pipeline.trainer.evaluate import PREDICTIONS_SCHEMA, evaluate
-from pipeline.trainer.model import load_model
+from stepwise.pipeline.trainer import TrainConfig, main
+from stepwise.pipeline.trainer.data import load_data
+from stepwise.pipeline.trainer.evaluate import PREDICTIONS_SCHEMA, evaluate
+from stepwise.pipeline.trainer.model import load_model
 from tests.conftest import stepwise
 from tests.pipeline.trainer.conftest import SVAMP_JOB
 
