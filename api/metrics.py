@@ -23,11 +23,12 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, disable_cre
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from stepwise.api.schemas import JobStatus, JobView
+from stepwise.api.schemas import JobView
+from stepwise.pipeline.types import JobStatus
 from stepwise.pipeline.service import JobService
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-_STATUSES = JobStatus.__args__
+_STATUSES = tuple(JobStatus)
 
 
 class JobsCollector(Collector):
@@ -72,7 +73,7 @@ class JobsCollector(Collector):
             cost.add_metric([v.job_id], v.cost_usd)
             if v.teacher_accuracy is not None:
                 accuracy.add_metric([v.job_id], v.teacher_accuracy)
-            if v.status == "running" and v.run is not None and v.run.requests_per_s is not None:
+            if v.status == JobStatus.RUNNING and v.run is not None and v.run.requests_per_s is not None:
                 rate.add_metric([v.job_id], v.run.requests_per_s)
             if v.eta_s is not None:
                 eta.add_metric([v.job_id], v.eta_s)

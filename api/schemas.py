@@ -9,10 +9,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from stepwise.pipeline import service
+from stepwise.pipeline.types import JobStatus
 
 PARQUET = "application/vnd.apache.parquet"  # the media type of every Parquet download
 
-JobStatus = Literal["starting", "running", "completed", "failed", "cancelled", "budget_exhausted", "interrupted"]
 
 
 class ErrorDetail(BaseModel):
@@ -29,7 +29,7 @@ class ErrorBody(BaseModel):
 
 class JobCreated(BaseModel):
     job_id: str
-    status: JobStatus = "starting"
+    status: JobStatus = JobStatus.STARTING
 
 
 class JobAccepted(BaseModel):
@@ -97,7 +97,7 @@ class JobView(BaseModel):
         """The service's view of a job as the API reports it."""
         s, beat = view.state, view.heartbeat
         progress = (s.shards_done / s.n_shards) if s.n_shards else 0.0
-        running = s.status == "running" and beat is not None and not beat.finished
+        running = s.status == JobStatus.RUNNING and beat is not None and not beat.finished
         if running:
             progress = max(progress, beat.fraction)
         return cls(

@@ -23,7 +23,7 @@ from teacher_throughput import sim_stats, start_sim  # noqa: E402
 
 
 def run(url: str, workers: int, n: int, concurrency: int) -> dict:
-    from stepwise.pipeline.runner import run_job
+    from stepwise.pipeline.run.job import run_job
     from stepwise.pipeline.spec import parse_job
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -57,7 +57,7 @@ def main() -> None:
     args = ap.parse_args()
     import ray
 
-    from stepwise.pipeline.ray_executor import ensure_ray
+    from stepwise.pipeline.run.ray_executor import ensure_ray
     from stepwise.pipeline.spec import ExecutorSpec
 
     proc, url = start_sim("--latency", str(args.latency), "--capacity", "2048")

@@ -52,7 +52,7 @@ def make_requests(n: int, max_tokens: int, tag: str = ""):
 
 def drive(url: str, n: int, max_tokens: int, **teacher) -> dict:
     """Send n requests through the real backend (cache on disk, as in a job); returns measurements."""
-    from stepwise.pipeline.cache import RequestCache
+    from stepwise.storage.cache import RequestCache
     from stepwise.pipeline.spec import OpenAITeacherSpec
     from stepwise.pipeline.teachers.openai_compat import OpenAIBackend
 

@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--tp", type=int, default=1)
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from stepwise.pipeline.runner import run_job
+    from stepwise.pipeline.run.job import run_job
     from stepwise.pipeline.spec import parse_job
 
     results = []

@@ -21,6 +21,7 @@
     │   ├── JobConflictError      a job id already holds records made from a different spec
     │   └── JobNotFoundError      no job with that id in the corpus
     ├── JobStateError             the job cannot do that now (cancel a finished job, resume a running one)
+    │   └── JobCancelledError     a running job was cancelled on request; finished shards are kept
     ├── UploadError               a dataset upload has a bad name (422)
     │   ├── UploadExistsError     an upload of that name exists; uploads are never replaced (409)
     │   └── UploadTooLargeError   the upload is larger than the server takes (413)
@@ -28,7 +29,7 @@
     ├── TrainerError              the student trainer cannot run (no training pairs, no gold test examples, a model
     │   │                         that is not sequence-to-sequence or does not load, CUDA asked for but absent)
     │   ├── TrainConfigError      a TrainConfig field is invalid (names the field and its CLI flag); CLI exit code 2
-    │   └── MissingExtraError     torch / transformers / matplotlib are not installed: pip install 'stepwise[train]'
+    │   └── MissingExtraError     torch / transformers / matplotlib are not installed: pip install 'stepwise-distill[train]'
     └── QueryError                a SQL query was refused or failed
         └── QueryRefusedError     the query tried to leave the read-only corpus sandbox
 
@@ -148,6 +149,10 @@ class JobNotFoundError(StorageError):
 
 class JobStateError(StepwiseError):
     """The job is not in a state that allows this (e.g. resuming a job that is still running)."""
+
+
+class JobCancelledError(JobStateError):
+    """A running job was cancelled on request (`stepwise cancel`, POST .../cancel); finished shards are kept."""
 
 
 class UploadError(StepwiseError):

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from stepwise.pipeline.datasets import read_examples
 from stepwise.pipeline.errors import DatasetError
-from stepwise.pipeline.runner import JobSummary, run_job
+from stepwise.pipeline.run.job import run_job
+from stepwise.pipeline.run.summary import JobSummary
 from stepwise.pipeline.spec import JobSpec, parse_job
 from stepwise.pipeline.teachers.replay import ReplayBackend
 from stepwise.pipeline.types import Example

@@ -1,6 +1,6 @@
 """`JobService`: starts, watches, cancels and resumes jobs for the REST service, outside the request path.
 
-Each job runs as a detached `stepwise run` process (`python -m pipeline.cli run <spec> --corpus <corpus> --quiet`,
+Each job runs as a detached `stepwise run` process (`python -m stepwise run <spec> --corpus <corpus> --quiet`,
 in its own session), so it outlives the API process that started it and a crash of one never takes the other
 down. Next to the job's registry row (`storage/jobs.py`) the service keeps three small local files in its state
 folder (`<corpus>/jobs/` for a local corpus):
@@ -28,17 +28,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from stepwise.pipeline.errors import JobConflictError, JobNotFoundError, JobStateError, StorageError
-from stepwise.pipeline.heartbeat import Heartbeat, read_heartbeat
+from stepwise.pipeline.run.heartbeat import Heartbeat, read_heartbeat
 from stepwise.pipeline.spec import JobSpec, check_files, parse_job
+from stepwise.pipeline.types import JobStatus
+from stepwise.storage import layout
 from stepwise.storage.jobs import JobRegistry, JobState, check_job_id
 from stepwise.storage.location import CorpusLocation
 
 if TYPE_CHECKING:
     from stepwise.pipeline.admission import Admission
-    from stepwise.pipeline.runner import JobSummary
+    from stepwise.pipeline.run.summary import JobSummary
 
 # statuses a job can be resumed from: everything but running (and starting) or completed
-RESUMABLE = frozenset({"cancelled", "failed", "budget_exhausted", "interrupted"})
+RESUMABLE = frozenset({JobStatus.CANCELLED, JobStatus.FAILED, JobStatus.BUDGET_EXHAUSTED, JobStatus.INTERRUPTED})
 # environment variables a job process must not inherit from the API process
 _PRIVATE_ENV = ("STEPWISE_API_TOKEN",)
 
@@ -71,7 +73,7 @@ class JobService:
             if self.corpus.local is None:
                 raise StorageError(f"the corpus {self.corpus} is on an object store: give the service a local "
                                    f"state folder for its spec, pid and log files")
-            state_dir = self.corpus.local / "jobs"
+            state_dir = self.corpus.local / layout.JOBS
         self.state_dir = Path(state_dir).absolute()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.registry = JobRegistry(self.corpus)
@@ -84,13 +86,13 @@ class JobService:
     # ── files ──────────────────────────────────────────────────────────────────────────────────────────────
 
     def spec_path(self, job_id: str) -> Path:
-        return self.state_dir / f"{check_job_id(job_id)}.spec.json"
+        return layout.service_file(self.state_dir, check_job_id(job_id), "spec.json")
 
     def _pid_path(self, job_id: str) -> Path:
-        return self.state_dir / f"{check_job_id(job_id)}.pid"
+        return layout.service_file(self.state_dir, check_job_id(job_id), "pid")
 
     def log_path(self, job_id: str) -> Path:
-        return self.state_dir / f"{check_job_id(job_id)}.log"
+        return layout.service_file(self.state_dir, check_job_id(job_id), "log")
 
     # ── actions ────────────────────────────────────────────────────────────────────────────────────────────
 
@@ -138,7 +140,7 @@ class JobService:
     def cancel(self, job_id: str) -> None:
         """Ask a running job to stop; its workers stop within a second or so and finished shards are kept."""
         view = self.get(job_id)
-        if view.state.status != "running" or not view.alive:
+        if view.state.status != JobStatus.RUNNING or not view.alive:
             raise JobStateError(f"job {job_id!r} is {view.state.status}; only running jobs can be cancelled")
         self.registry.request_cancel(job_id)
 
@@ -193,15 +195,15 @@ class JobService:
                 raise JobNotFoundError(f"no job {job_id!r}")
             # submitted, but the process has not written its registry row yet (or died before it could)
             created = datetime.fromtimestamp(path.stat().st_mtime, UTC)
-            state = JobState(job_id=job_id, status="starting" if alive else "failed", fingerprint="",
+            state = JobState(job_id=job_id, status=JobStatus.STARTING if alive else JobStatus.FAILED, fingerprint="",
                              spec_json=path.read_text(encoding="utf-8"), created_at=created, updated_at=created)
             if not alive:
                 state = replace(state, error=self._log_tail(job_id))
             return JobView(state, alive)
         summary, n_parts = self._summary(state)
-        if state.status == "running":
+        if state.status == JobStatus.RUNNING:
             if not alive:
-                state = replace(state, status="interrupted",
+                state = replace(state, status=JobStatus.INTERRUPTED,
                                 error=state.error or "the job's process is gone; resume it to continue")
             else:  # the row holds the counters of the start; the part files hold the truth
                 state = replace(state, shards_done=n_parts, n_records=summary.n_records,
@@ -213,7 +215,7 @@ class JobService:
 
     def list(self) -> list[JobView]:
         """Every job: registry rows and submitted specs, newest first."""
-        ids = {Path(p).name.removesuffix(".parquet") for p in self.corpus.list_files("jobs", suffix=".parquet")}
+        ids = set(self.registry.ids())
         ids |= {p.name.removesuffix(".spec.json") for p in self.state_dir.glob("*.spec.json")}
         views = []
         for job_id in ids:
@@ -228,12 +230,13 @@ class JobService:
         """The job's counters from its part files, and how many shards are done. A part file is replaced only by
         a run that retries its marked shard, so outside a running job's marked shards each file is read once: a
         new file adds its own summary, and a rewritten registry row (a new run, an --overwrite) starts again."""
-        from stepwise.pipeline.runner import merge_summaries, summarize_files  # the runner pulls in the teachers
+        from stepwise.pipeline.run.summary import merge_summaries, summarize_files
 
-        files = self.corpus.list_files("records", state.job_id)
-        marked = {m.removesuffix(".retry") + ".parquet"
-                  for m in self.corpus.list_files("records", state.job_id, suffix=".retry")} & set(files)
-        volatile = marked if state.status == "running" else set()  # may be rewritten while we look
+        files = self.corpus.list_files(layout.RECORDS, state.job_id)
+        marked = {m.removesuffix(layout.RETRY_SUFFIX) + layout.PART_SUFFIX
+                  for m in self.corpus.list_files(layout.RECORDS, state.job_id, suffix=layout.RETRY_SUFFIX)}
+        marked &= set(files)
+        volatile = marked if state.status == JobStatus.RUNNING else set()  # may be rewritten while we look
         stable = [f for f in files if f not in volatile]
         with self._summary_locks.setdefault(state.job_id, threading.Lock()):  # one reader per job, not forty
             since, known, total = self._summaries.get(state.job_id, (None, frozenset(), None))

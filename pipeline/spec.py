@@ -11,16 +11,20 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from stepwise.pipeline.errors import JobSpecError
+from stepwise.pipeline.tasks import TASKS
 from stepwise.pipeline.yamlfile import read_yaml
 from stepwise.pipeline.types import JOB_ID_RULE, is_job_id
 
-TaskKind = Literal["multiple_choice", "nli", "arithmetic", "yes_no", "exact", "custom", "auto"]
+TaskKind = TASKS.field("auto")  # a registered task kind (pipeline/tasks), or `auto`: inferred from the data
+# executor kinds, each with the class that runs it (imported when a job uses it: `ray` is an extra)
+EXECUTORS = {"local": "stepwise.pipeline.run.local:LocalExecutor",
+             "ray": "stepwise.pipeline.run.ray_executor:RayExecutor"}
 
 
 class _Strict(BaseModel):
@@ -116,6 +120,8 @@ class FilterSpec(_Strict):
 class ReplayTeacherSpec(_Strict):
     """Serves recorded completions (JSONL or Parquet: example_id, sample_idx, text, finish_reason, usage)."""
 
+    factory: ClassVar[str] = "stepwise.pipeline.teachers.replay:ReplayBackend"
+
     backend: Literal["replay"]
     path: str
     model: str = Field("replay", description="teacher model name recorded with each record")
@@ -126,6 +132,8 @@ class OpenAITeacherSpec(_Strict):
 
     The API key is read from the environment variable *named* by `api_key_env`; it is never stored.
     """
+
+    factory: ClassVar[str] = "stepwise.pipeline.teachers.openai_compat:OpenAIBackend"
 
     backend: Literal["openai"]
     model: str = Field(min_length=1)
@@ -172,6 +180,8 @@ class OpenAITeacherSpec(_Strict):
 class VLLMTeacherSpec(_Strict):
     """A local vLLM engine (`vllm.LLM`), fed whole shards. Needs the `vllm` extra and a CUDA GPU."""
 
+    factory: ClassVar[str] = "stepwise.pipeline.teachers.vllm_backend:VLLMBackend"
+
     backend: Literal["vllm"]
     model: str = Field(min_length=1, description="a Hugging Face model id or a local path")
     tensor_parallel_size: int = Field(1, ge=1, le=64)
@@ -192,6 +202,8 @@ class OpenAIBatchTeacherSpec(_Strict):
     about half the price. Batch ids are kept next to the request cache, so a restarted job polls its open
     batches instead of submitting them again. The key is read from the variable *named* by `api_key_env`.
     """
+
+    factory: ClassVar[str] = "stepwise.pipeline.teachers.openai_batch:OpenAIBatchBackend"
 
     backend: Literal["openai_batch"]
     model: str = Field(min_length=1)
@@ -217,8 +229,10 @@ class OpenAIBatchTeacherSpec(_Strict):
     _env_name = field_validator("api_key_env")(OpenAITeacherSpec._env_name.__func__)
 
 
-TeacherSpec = Annotated[ReplayTeacherSpec | OpenAITeacherSpec | VLLMTeacherSpec | OpenAIBatchTeacherSpec,
-                        Field(discriminator="backend")]
+# Every teacher backend, once: its spec class names it (`backend`) and the class that runs it (`factory`).
+TEACHER_SPECS = (ReplayTeacherSpec, OpenAITeacherSpec, VLLMTeacherSpec, OpenAIBatchTeacherSpec)
+TEACHER_BACKENDS = tuple(get_args(s.model_fields["backend"].annotation)[0] for s in TEACHER_SPECS)
+TeacherSpec = Annotated[Union[TEACHER_SPECS], Field(discriminator="backend")]  # noqa: UP007
 # teacher fields that change how we talk to the teacher, not what it answers: free to change on resume
 OPERATIONAL_TEACHER_FIELDS = {"base_url", "api_key_env", "transport", "max_concurrency", "rpm", "tpm",
                               "timeout_s", "max_attempts", "num_gpus", "gpu_memory_utilization",
@@ -243,7 +257,7 @@ class ExecutorSpec(_Strict):
     """Where shards run: in this process (`local`), or on Ray (`ray`: a local instance by default, or the
     cluster at `address` / $RAY_ADDRESS). How a job runs never changes what it produces."""
 
-    kind: Literal["local", "ray"] = "local"
+    kind: Literal[tuple(EXECUTORS)] = "local"  # type: ignore[valid-type]
     workers: int = Field(2, ge=1, le=4096, description="Ray worker actors (each runs whole shards)")
     address: str | None = Field(None, description="Ray cluster address; default $RAY_ADDRESS, else a local "
                                                    "instance started for the job")
@@ -295,7 +309,6 @@ class JobSpec(_Strict):
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
-TEACHER_BACKENDS = ("replay", "openai", "vllm", "openai_batch")
 
 
 def _problems(exc: ValidationError) -> list[tuple[str, str]]:

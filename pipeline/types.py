@@ -28,6 +28,18 @@ def is_job_id(value: object) -> bool:
     return isinstance(value, str) and JOB_ID_RE.fullmatch(value) is not None
 
 
+class JobStatus(StrEnum):
+    """A job's status: the registry's `jobs.status`, the end of `stepwise run`, the REST service's job view."""
+
+    STARTING = "starting"                  # REST: submitted; its process has not written the registry row yet
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"                      # an error, or teacher requests that failed (a rerun retries them)
+    CANCELLED = "cancelled"                # stopped on request; finished shards are kept
+    BUDGET_EXHAUSTED = "budget_exhausted"  # the cost cap stopped it; run again with a higher cap
+    INTERRUPTED = "interrupted"            # REST: the row says running, but its process is gone
+
+
 class RejectReason(StrEnum):
     """Why a record was not accepted. Stored in `records.reject_reason`; the detail goes to `reject_detail`."""
 

@@ -30,6 +30,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from stepwise.pipeline.errors import QueryError, QueryRefusedError, StorageError
+from stepwise.storage import layout
 from stepwise.storage.location import CorpusLocation
 from stepwise.storage.schema import JOBS_SCHEMA, RECORDS_SCHEMA
 
@@ -99,7 +100,7 @@ def _subfolder(entry: os.DirEntry) -> str | None:
 
 
 def _part_file(entry: os.DirEntry) -> Part | None:
-    if _hidden(entry.name) or not entry.name.endswith(".parquet"):
+    if _hidden(entry.name) or not entry.name.endswith(layout.PART_SUFFIX):
         return None  # temp files, markers such as shard-000003.retry
     try:
         if not entry.is_file():
@@ -138,10 +139,10 @@ def _listing(folder: str, keep: Callable[[os.DirEntry], T | None]) -> tuple[T, .
 
 
 def _local_parts(root: Path) -> tuple[tuple[Part, ...], tuple[Part, ...]]:
-    records = os.path.join(root, "records")
+    records = os.path.join(root, layout.RECORDS)
     record_parts = tuple(part for job in _listing(records, _subfolder)
                          for part in _listing(os.path.join(records, job), _part_file))
-    return record_parts, _listing(os.path.join(root, "jobs"), _part_file)
+    return record_parts, _listing(os.path.join(root, layout.JOBS), _part_file)
 
 
 def _store_parts(corpus: CorpusLocation, folder: str, depth: int) -> tuple[Part, ...]:
@@ -154,7 +155,7 @@ def _parts(corpus: CorpusLocation) -> tuple[tuple[Part, ...], tuple[Part, ...]]:
     """The part files of `records` (records/<job>/*.parquet) and of `jobs` (jobs/*.parquet)."""
     if corpus.local is not None:
         return _local_parts(corpus.local.resolve())
-    return _store_parts(corpus, "records", 2), _store_parts(corpus, "jobs", 1)
+    return _store_parts(corpus, layout.RECORDS, 2), _store_parts(corpus, layout.JOBS, 1)
 
 
 # ── the sandboxed database ───────────────────────────────────────────────────────────────────────────────────────

@@ -1,7 +1,5 @@
-"""The job registry: one small Parquet file per job under `<root>/jobs/`, rewritten atomically on each change.
-
-A cancel request is an empty `<root>/jobs/<job_id>.cancel` marker. The root may be a folder or an object-store
-URI (`storage/location.py`).
+"""The job registry: one small Parquet file per job (`storage/layout.py`: `jobs/<job_id>.parquet`), rewritten
+atomically on each change, and the job's cancel marker. The root may be a folder or an object-store URI.
 """
 
 from __future__ import annotations
@@ -14,6 +12,7 @@ import pyarrow as pa
 
 from stepwise.pipeline.errors import StorageError
 from stepwise.pipeline.types import JOB_ID_RULE, is_job_id
+from stepwise.storage import layout
 from stepwise.storage.location import CorpusLocation
 from stepwise.storage.schema import JOBS_SCHEMA
 
@@ -62,25 +61,25 @@ class JobRegistry:
         self._rows: dict[str, tuple[tuple, JobState]] = {}  # job id -> (file identity, row): local corpora
 
     def path(self, job_id: str) -> str:
-        return self.corpus.path("jobs", f"{check_job_id(job_id)}.parquet")
+        return self.corpus.path(*layout.registry_row(check_job_id(job_id)))
 
     def request_cancel(self, job_id: str) -> None:
         """Ask a running job to stop (its executor polls for this marker every half second)."""
-        self.corpus.touch("jobs", f"{check_job_id(job_id)}.cancel")
+        self.corpus.touch(*layout.cancel_marker(check_job_id(job_id)))
 
     def cancel_requested(self, job_id: str) -> bool:
-        return self.corpus.exists("jobs", f"{check_job_id(job_id)}.cancel")
+        return self.corpus.exists(*layout.cancel_marker(check_job_id(job_id)))
 
     def clear_cancel(self, job_id: str) -> None:
-        self.corpus.remove("jobs", f"{check_job_id(job_id)}.cancel")
+        self.corpus.remove(*layout.cancel_marker(check_job_id(job_id)))
 
     def get(self, job_id: str) -> JobState | None:
-        name = f"{check_job_id(job_id)}.parquet"
+        row = layout.registry_row(check_job_id(job_id))
         if self.corpus.local is not None:
             # a row is only ever replaced by renaming a new file over it, so (inode, size, mtime) names its
             # content: the REST service reads rows far more often than they change
             try:
-                st = self.corpus.local.joinpath("jobs", name).stat()
+                st = self.corpus.local.joinpath(*row).stat()
             except FileNotFoundError:
                 return None
             key = (st.st_ino, st.st_size, st.st_mtime_ns)
@@ -88,26 +87,30 @@ class JobRegistry:
             if cached is not None and cached[0] == key:
                 return cached[1]
             try:
-                state = self._read(job_id, name)
+                state = self._read(job_id, row)
             except FileNotFoundError:  # removed since the stat
                 return None
             self._rows[job_id] = (key, state)
             return state
-        if not self.corpus.exists("jobs", name):
+        if not self.corpus.exists(*row):
             return None
-        return self._read(job_id, name)
+        return self._read(job_id, row)
 
-    def _read(self, job_id: str, name: str) -> JobState:
+    def ids(self) -> list[str]:
+        """The ids of every job with a registry row."""
+        return [Path(p).name.removesuffix(layout.PART_SUFFIX) for p in self.corpus.list_files(layout.JOBS)]
+
+    def _read(self, job_id: str, row: tuple[str, str]) -> JobState:
         try:
-            row = self.corpus.read_table("jobs", name, schema=JOBS_SCHEMA).to_pylist()[0]
+            values = self.corpus.read_table(*row, schema=JOBS_SCHEMA).to_pylist()[0]
         except FileNotFoundError:
             raise
         except Exception as exc:  # a corrupt registry row is a storage problem, said plainly
             raise StorageError(f"cannot read job registry row {self.path(job_id)}: {exc}") from None
-        return JobState(**row)
+        return JobState(**values)
 
     def save(self, state: JobState) -> JobState:
         state = replace(state, updated_at=datetime.now(UTC))
         table = pa.Table.from_pylist([asdict(state)], schema=JOBS_SCHEMA)
-        self.corpus.write_table(table, "jobs", f"{check_job_id(state.job_id)}.parquet")
+        self.corpus.write_table(table, *layout.registry_row(check_job_id(state.job_id)))
         return state

@@ -404,7 +404,7 @@ def test_healthcheck_urls_are_real_endpoints():
     """The unauthenticated endpoints the healthchecks ask: the API's /healthz, the simulator's /v1/models,
     the Ray node agent's raylet check (public under Ray's token authentication)."""
     from stepwise.api.routes.health import router
-    from stepwise.pipeline.simulator import SimConfig, build_app
+    from stepwise.pipeline.sim import SimConfig, build_app
 
     api_paths = {r.path for r in router.routes}
     sim_paths = {r.resource.canonical for r in build_app(SimConfig()).router.routes() if r.method == "GET"}

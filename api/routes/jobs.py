@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
@@ -15,16 +15,16 @@ from starlette.background import BackgroundTask
 from stepwise.api.deps import Authorized, Corpus, JobId, Service, StrictQuery, in_query_slot
 from stepwise.api.encode import json_safe
 from stepwise.api.errors import errors
-from stepwise.api.schemas import PARQUET, JobAccepted, JobCreated, JobList, JobStatus, JobView, RecordPage
+from stepwise.api.schemas import PARQUET, JobAccepted, JobCreated, JobList, JobView, RecordPage
+from stepwise.pipeline.types import JobStatus
 from stepwise.api.strict_json import StrictJSONRoute
+from stepwise.pipeline.exports import FORMATS, FormatName, export_job
 from stepwise.pipeline.spec import JobSpec
 from stepwise.storage.catalog import query as run_query
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Authorized, StrictQuery],
                    route_class=StrictJSONRoute)
 
-_MEDIA = {"parquet": (PARQUET, "parquet")}
-_JSONL = ("application/x-ndjson", "jsonl")
 
 
 @router.post("", status_code=202, response_model=JobCreated, responses=errors(409))
@@ -86,13 +86,11 @@ async def list_records(job_id: JobId, service: Service, corpus: Corpus, request:
     **errors(404), 200: {"description": "the export file", "content": {PARQUET: {},
                                                                         "application/x-ndjson": {}}}})
 async def export(job_id: JobId, service: Service, corpus: Corpus, request: Request,
-                 format: Literal["dsbs", "finetune_cot", "chat", "parquet"] = "parquet") -> FileResponse:
-    """A job's accepted records as a student-training file, streamed (dsbs, finetune_cot, chat: JSONL)."""
-    from stepwise.pipeline.exports import export_job
-
-    media, ext = _MEDIA.get(format, _JSONL)
+                 format: FormatName = "parquet") -> FileResponse:
+    """A job's accepted records as a student-training file, streamed (parquet, or JSONL for the others)."""
+    form = FORMATS.get(format)
     folder = tempfile.mkdtemp(prefix="stepwise-export-")
-    path = Path(folder) / f"{job_id}.{format}.{ext}"
+    path = Path(folder) / f"{job_id}.{format}.{form.suffix}"
 
     def write() -> None:
         service.get(job_id)  # 404 for an unknown job
@@ -103,5 +101,5 @@ async def export(job_id: JobId, service: Service, corpus: Corpus, request: Reque
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    return FileResponse(path, media_type=media, filename=path.name,
+    return FileResponse(path, media_type=form.media_type, filename=path.name,
                         background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))

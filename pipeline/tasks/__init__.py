@@ -1,45 +1,39 @@
-"""Task kinds: answer extraction, normalisation and comparison, shared by the pipeline and the trainer."""
+"""Task kinds: answer extraction, normalisation and comparison, shared by the pipeline and the trainer.
+
+Each kind is a `Task` subclass with a `kind` name, registered in `TASKS` as its module is imported; every module
+of this package is imported with it, so a new kind is a new module here (and its prompt template variants).
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from stepwise.pipeline.errors import TaskError
-from stepwise.pipeline.spec import TaskSpec
-from stepwise.pipeline.tasks.base import Task, normalize_text
-from stepwise.pipeline.tasks.kinds import (
-    NLI_ALIASES,
-    ArithmeticTask,
-    CustomTask,
-    ExactTask,
-    MultipleChoiceTask,
-    NliTask,
-    YesNoTask,
-)
+from stepwise.pipeline.tasks.base import TASKS, Task, normalize_text
+from stepwise.pipeline.tasks.kinds import NLI_ALIASES, MultipleChoiceTask
 from stepwise.pipeline.tasks.numbers import UnsafeExpression, evaluate
 from stepwise.pipeline.types import Example
 
-__all__ = ["Task", "build_task", "infer_kind", "normalize_text"]
+if TYPE_CHECKING:
+    from stepwise.pipeline.spec import TaskSpec
 
-_SIMPLE = {
-    "multiple_choice": MultipleChoiceTask,
-    "nli": NliTask,
-    "arithmetic": ArithmeticTask,
-    "yes_no": YesNoTask,
-    "exact": ExactTask,
-}
+__all__ = ["TASKS", "Task", "build_task", "infer_kind", "normalize_text"]
+
+for _module in pkgutil.iter_modules(__path__):  # each module registers the kinds it defines
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 
 def build_task(spec: TaskSpec, sample: Iterable[Example] = ()) -> Task:
     """The Task for a spec; kind `auto` is decided from a sample of examples (see `infer_kind`)."""
     kind = spec.kind if spec.kind != "auto" else infer_kind(sample)
-    if kind == "custom":
-        return CustomTask(tuple(spec.labels or ()), spec.aliases, spec.answer_pattern)
     try:
-        cls = _SIMPLE[kind]
-    except KeyError:
-        raise TaskError(f"unknown task kind {kind!r}") from None
-    return cls(answer_pattern=spec.answer_pattern)
+        cls = TASKS.get(kind)
+    except KeyError as exc:
+        raise TaskError(str(exc.args[0])) from None
+    return cls.from_spec(spec)
 
 
 def infer_kind(examples: Iterable[Example]) -> str:

@@ -9,8 +9,17 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
 
+from stepwise.pipeline.registry import Registry
 from stepwise.pipeline.types import Example
+
+if TYPE_CHECKING:
+    from stepwise.pipeline.spec import TaskSpec
+
+# Every task kind, by name: a Task subclass with a `kind` registers itself when its module is imported (the
+# modules of this package are imported with it). The job schema's `task.kind`, the CLI and the trainer read it.
+TASKS: Registry[type[Task]] = Registry("task kind")
 
 _WS = re.compile(r"\s+")
 _EDGE_PUNCT = " \t\n\"'`*.,;:!?"
@@ -28,8 +37,18 @@ class Task(ABC):
     #: labels the prompt should offer and the JSON schema should enumerate; None when open-ended
     labels: tuple[str, ...] | None = None
 
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("kind"):
+            TASKS.register(cls.kind, cls)
+
     def __init__(self, answer_pattern: str | None = None):
         self.answer_pattern = re.compile(answer_pattern, re.IGNORECASE | re.DOTALL) if answer_pattern else None
+
+    @classmethod
+    def from_spec(cls, spec: TaskSpec) -> Task:
+        """The task a job's `task` block asks for (kinds with a label set of the job's own read it here)."""
+        return cls(answer_pattern=spec.answer_pattern)
 
     def prepare(self, example: Example) -> Example:
         """Complete an example read from a dataset (e.g. choices written inline in the question)."""

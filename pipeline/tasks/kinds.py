@@ -170,6 +170,10 @@ class CustomTask(LabelSetTask):
 
     kind = "custom"
 
+    @classmethod
+    def from_spec(cls, spec) -> CustomTask:
+        return cls(tuple(spec.labels or ()), spec.aliases, spec.answer_pattern)
+
 
 # ── arithmetic ───────────────────────────────────────────────────────────────────────────────────────────────────
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")

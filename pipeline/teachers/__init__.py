@@ -1,40 +1,21 @@
-"""Teacher backends. Networked backends are imported only when a job uses them."""
+"""Teacher backends. Each is declared once, by its spec class in `pipeline/spec.py` (`TEACHER_SPECS`), whose
+`factory` names the class that runs it; that class is imported only when a job uses it."""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
-from stepwise.pipeline.errors import TeacherError
-from stepwise.pipeline.teachers.base import TeacherBackend
+from stepwise.pipeline.teachers.base import BuildOptions, TeacherBackend
 
 
 def build_backend(spec, *, corpus: str | Path | None = None, cost=None, rate=None, meter=None,
                   max_error_rate: float | None = None) -> TeacherBackend:
     """The backend a job's `teacher` block asks for. Live backends cache completions under the corpus; the live
     engine stops the job once more than `max_error_rate` of its requests failed."""
-    if spec.backend == "replay":
-        from stepwise.pipeline.teachers.replay import ReplayBackend
-
-        return ReplayBackend.from_file(spec.path, spec.model)
-    if spec.backend == "openai":
-        from stepwise.pipeline.cache import RequestCache
-        from stepwise.pipeline.teachers.openai_compat import OpenAIBackend
-
-        cache = RequestCache.for_corpus(corpus) if corpus is not None else None
-        return OpenAIBackend(spec, cache=cache, cost=cost, rate=rate, meter=meter, max_error_rate=max_error_rate)
-    if spec.backend == "vllm":
-        from stepwise.pipeline.cache import RequestCache
-        from stepwise.pipeline.teachers.vllm_backend import VLLMBackend
-
-        cache = RequestCache.for_corpus(corpus) if corpus is not None else None
-        return VLLMBackend(spec, cache=cache, cost=cost)
-    if spec.backend == "openai_batch":
-        from stepwise.pipeline.cache import RequestCache
-        from stepwise.pipeline.teachers.openai_batch import OpenAIBatchBackend
-
-        cache = RequestCache.for_corpus(corpus) if corpus is not None else None
-        return OpenAIBatchBackend(spec, cache=cache, cost=cost, meter=meter)
-    raise TeacherError(f"unknown teacher backend {spec.backend!r}")
+    module, _, name = spec.factory.partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    return cls.build(spec, BuildOptions(corpus, cost, rate, meter, max_error_rate))
 
 
-__all__ = ["TeacherBackend", "build_backend"]
+__all__ = ["BuildOptions", "TeacherBackend", "build_backend"]

@@ -4,10 +4,29 @@ from __future__ import annotations
 
 import concurrent.futures
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
 
 from stepwise.pipeline.errors import TeacherFailingError
 from stepwise.pipeline.types import Completion, TeacherRequest
+from stepwise.storage.cache import RequestCache
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """What a backend is built with besides its spec: the corpus (its request cache), prices and the cap, the
+    shared rate budget and cost meter of a Ray job, and the error budget."""
+
+    corpus: str | Path | None = None
+    cost: Any = None            # CostSpec
+    rate: Any = None            # a shared RateBudget (Ray)
+    meter: Any = None           # a shared CostMeter (Ray)
+    max_error_rate: float | None = None
+
+    def cache(self) -> RequestCache | None:
+        """The corpus's request cache: completions are paid once."""
+        return RequestCache.for_corpus(self.corpus) if self.corpus is not None else None
 
 
 class TeacherBackend(Protocol):
@@ -24,6 +43,11 @@ class TeacherBackend(Protocol):
 
     def close(self) -> None:
         """Release connections and threads."""
+        ...
+
+    @classmethod
+    def build(cls, spec: Any, options: BuildOptions) -> TeacherBackend:
+        """The backend for a job's `teacher` block (the spec class names this class as its `factory`)."""
         ...
 
 

@@ -36,7 +36,7 @@ from typing import Any
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
-from stepwise.pipeline.cache import RequestCache, open_sqlite
+from stepwise.storage.cache import RequestCache, open_sqlite
 from stepwise.pipeline.errors import (
     MalformedResponseError,
     RateLimitedError,
@@ -49,7 +49,8 @@ from stepwise.pipeline.errors import (
 )
 from stepwise.pipeline.spec import CostSpec, OpenAIBatchTeacherSpec
 from stepwise.pipeline.teachers.limits import request_tokens
-from stepwise.pipeline.teachers.openai_compat import CostMeter, read_api_key
+from stepwise.pipeline.teachers.cost import CostMeter
+from stepwise.pipeline.teachers.keys import read_api_key
 from stepwise.pipeline.teachers.transport import ChatResponse, chat_body, choice_completions, parse_chat, raise_for_status
 from stepwise.pipeline.types import Completion, TeacherRequest
 
@@ -271,6 +272,10 @@ class OpenAIBatchBackend:
         self._aloop: asyncio.AbstractEventLoop | None = None  # runs the meter's coroutines on the poller thread
         self._thread = threading.Thread(target=self._run, name="stepwise-batch-poller", daemon=True)
         self._thread.start()
+
+    @classmethod
+    def build(cls, spec: OpenAIBatchTeacherSpec, options) -> OpenAIBatchBackend:
+        return cls(spec, cache=options.cache(), cost=options.cost, meter=options.meter)
 
     # ── public, thread-safe ──────────────────────────────────────────────────────────────────────────────────
     def submit(self, requests: Sequence[TeacherRequest]) -> concurrent.futures.Future[list[Completion]]:

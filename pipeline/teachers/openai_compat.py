@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import os
 import threading
 import time
 from collections import defaultdict
@@ -30,7 +29,7 @@ from urllib.parse import quote
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential, wait_random
 
-from stepwise.pipeline.cache import RequestCache
+from stepwise.storage.cache import RequestCache
 from stepwise.pipeline.errors import (
     BudgetExhaustedError,
     RateLimitedError,
@@ -42,8 +41,16 @@ from stepwise.pipeline.errors import (
 )
 from stepwise.pipeline.spec import CostSpec, OpenAITeacherSpec
 from stepwise.pipeline.teachers.base import ErrorBudget
+from stepwise.pipeline.teachers.cost import CostMeter
+from stepwise.pipeline.teachers.keys import read_api_key
 from stepwise.pipeline.teachers.limits import AdaptiveConcurrency, RateBudget, parse_reset, request_tokens
-from stepwise.pipeline.teachers.transport import ChatResponse, build_transport, chat_body, choice_completions
+from stepwise.pipeline.teachers.transport import (
+    ChatResponse,
+    ChatTransport,
+    build_transport,
+    chat_body,
+    choice_completions,
+)
 from stepwise.pipeline.types import Completion, TeacherRequest
 
 EventFn = Callable[[Completion, bool], None]  # (completion, served from cache)
@@ -62,63 +69,19 @@ class EngineStats:
     failed: int = 0          # samples that ended as teacher_error
 
 
-class CostMeter:
-    """Spend so far plus reservations for requests in flight; refuses to start what could pass the cap.
-
-    Async so that one meter can live in another process for a whole job (the Ray executor's shared budget).
-    """
-
-    def __init__(self, price: CostSpec | None):
-        self.price = price
-        self.cap = price.budget_usd if price else None
-        self.spent = 0.0
-        self.reserved = 0.0
-
-    def try_reserve(self, tokens_in: int, tokens_out_max: int) -> float | None:
-        """The reserved worst-case cost, or None when it would pass the cap."""
-        if self.price is None:
-            return 0.0
-        worst = self.price.cost(tokens_in, tokens_out_max) or 0.0
-        if self.cap is not None and self.spent + self.reserved + worst > self.cap:
-            return None
-        self.reserved += worst
-        return worst
-
-    def exhausted_message(self) -> str:
-        return (f"budget of ${self.cap:.4f} reached (spent ${self.spent:.4f}); "
-                f"run again with a higher cost.budget_usd to continue")
-
-    async def reserve(self, tokens_in: int, tokens_out_max: int) -> float:
-        reserved = self.try_reserve(tokens_in, tokens_out_max)
-        if reserved is None:
-            raise BudgetExhaustedError(self.exhausted_message())
-        return reserved
-
-    async def settle(self, reserved: float, actual: float | None) -> None:
-        self.reserved -= reserved
-        self.spent += actual or 0.0
-
-
-def read_api_key(spec: OpenAITeacherSpec) -> str | None:
-    if spec.api_key_env is None:
-        return None
-    key = os.environ.get(spec.api_key_env)
-    if not key:
-        raise TeacherAuthError(f"environment variable {spec.api_key_env} is not set: it should hold the API key "
-                               f"for {spec.base_url} (teacher.api_key_env names it)")
-    return key
-
-
 class OpenAIBackend:
     """Teacher backend for OpenAI-compatible servers. Use `submit()` from any thread; `close()` at the end."""
 
     backend = "openai"
 
     def __init__(self, spec: OpenAITeacherSpec, cache: RequestCache | None = None, cost: CostSpec | None = None,
-                 *, rate=None, meter=None, max_error_rate: float | None = None):
+                 *, rate=None, meter=None, max_error_rate: float | None = None,
+                 transport: ChatTransport | None = None):
         """`rate` and `meter` replace this process's RPM/TPM budget and cost meter with shared ones (objects
         with the same async methods), so that several workers of one job share one budget. `max_error_rate`
-        stops the job once more requests than that share failed (`ErrorBudget`); None never stops it."""
+        stops the job once more requests than that share failed (`ErrorBudget`); None never stops it.
+        `transport` replaces the HTTP client (`spec.transport`) with any `ChatTransport`, e.g. a stand-in that
+        answers in-process for tests of the retry and rate logic, as httpx's MockTransport does."""
         self.spec = spec
         self.model = spec.model
         self.endpoint = spec.cache_namespace or spec.base_url
@@ -134,10 +97,15 @@ class OpenAIBackend:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="stepwise-teacher", daemon=True)
         self._thread.start()
-        self._transport = None
+        self._transport = transport
         self._rate = None
         self._slots = None
         self._tasks: set[asyncio.Future] = set()
+
+    @classmethod
+    def build(cls, spec: OpenAITeacherSpec, options) -> OpenAIBackend:
+        return cls(spec, cache=options.cache(), cost=options.cost, rate=options.rate, meter=options.meter,
+                   max_error_rate=options.max_error_rate)
 
     # ── public, thread-safe ──────────────────────────────────────────────────────────────────────────────────
     def submit(self, requests: Sequence[TeacherRequest]) -> concurrent.futures.Future[list[Completion]]:
@@ -162,9 +130,11 @@ class OpenAIBackend:
 
     # ── engine, on the loop thread ───────────────────────────────────────────────────────────────────────────
     def _ensure_started(self) -> None:
-        if self._transport is None:
+        if self._slots is None:
             s = self.spec
-            self._transport = build_transport(s.transport, s.base_url, self._api_key, s.timeout_s, s.max_concurrency)
+            if self._transport is None:
+                self._transport = build_transport(s.transport, s.base_url, self._api_key, s.timeout_s,
+                                                  s.max_concurrency)
             self._rate = self._shared_rate if self._shared_rate is not None else RateBudget(s.rpm, s.tpm)
             self._slots = AdaptiveConcurrency(s.max_concurrency)
 

@@ -86,6 +86,10 @@ class ReplayBackend:
         self.model = model
 
     @classmethod
+    def build(cls, spec, options) -> ReplayBackend:
+        return cls.from_file(spec.path, spec.model)
+
+    @classmethod
     def from_file(cls, path: str | Path, model: str = "replay") -> ReplayBackend:
         return cls(load_recorded(Path(path)), model)
 

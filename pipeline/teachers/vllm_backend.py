@@ -19,12 +19,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from stepwise.pipeline.cache import RequestCache
+from stepwise.storage.cache import RequestCache
 from stepwise.pipeline.errors import TeacherError
 from stepwise.pipeline.teachers.base import completed_future
 from stepwise.pipeline.types import Completion, TeacherRequest
 
-MISSING = ("the 'vllm' teacher backend needs the vllm extra and a CUDA GPU: pip install 'stepwise[vllm]' "
+MISSING = ("the 'vllm' teacher backend needs the vllm extra and a CUDA GPU: pip install 'stepwise-distill[vllm]' "
            "(or point backend: openai at a `vllm serve` server)")
 
 
@@ -100,6 +100,10 @@ class VLLMBackend:
         self.cache = cache
         self.price = cost
         self._llm = None
+
+    @classmethod
+    def build(cls, spec, options) -> VLLMBackend:
+        return cls(spec, cache=options.cache(), cost=options.cost)
 
     def _engine(self):
         if self._llm is None:

@@ -14,11 +14,11 @@ from pathlib import Path
 
 from stepwise.pipeline.errors import StepwiseError, TrainConfigError
 from stepwise.pipeline.exports import parse_split
+from stepwise.pipeline.tasks import TASKS
 
 MODES = ("standard", "multitask", "cot")
 LABEL_SOURCES = ("gold", "teacher")
 DEVICES = ("auto", "cpu", "cuda")
-TASK_KINDS = ("multiple_choice", "nli", "arithmetic", "yes_no", "exact", "custom", "auto")
 TINY = "tiny"
 DEFAULT_FRACTIONS = (0.125, 0.25, 0.5, 1.0)
 DEFAULT_EPOCHS = 3.0
@@ -91,8 +91,9 @@ class TrainConfig:
             raise _bad("corpus", "--job needs --corpus")
         if not self.out:
             raise _bad("out", "an output folder is required")
-        if self.task is not None and self.task not in TASK_KINDS:
-            raise _bad("task", f"{self.task!r} is not one of {', '.join(TASK_KINDS)}")
+        kinds = (*TASKS.names(), "auto")
+        if self.task is not None and self.task not in kinds:
+            raise _bad("task", f"{self.task!r} is not one of {', '.join(kinds)}")
         if self.task == "custom" and self.export is not None:
             raise _bad("task", "custom needs its label set: train from the job (--corpus/--job), whose spec has it")
         if self.mode not in MODES:

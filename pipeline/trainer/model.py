@@ -15,7 +15,8 @@ from pathlib import Path
 from stepwise.pipeline.errors import MissingExtraError, TrainerError
 from stepwise.pipeline.trainer.config import TINY
 
-MISSING = "the student trainer needs the train extra (torch, transformers, matplotlib): pip install 'stepwise[train]'"
+MISSING = ("the student trainer needs the train extra (torch, transformers, matplotlib): "
+           "pip install 'stepwise-distill[train]'")
 
 # big enough to learn the corpus's surface form in a few hundred CPU steps, small enough for a test suite
 TINY_SHAPE = {"d_model": 64, "d_kv": 16, "d_ff": 256, "num_layers": 2, "num_decoder_layers": 2, "num_heads": 4,

@@ -13,7 +13,7 @@ import yaml
 
 from stepwise.pipeline.errors import StepwiseError, StorageError
 from stepwise.pipeline.exports import EXPORT_SCHEMA, assign_split, export_job, parse_split
-from stepwise.pipeline.runner import run_job
+from stepwise.pipeline.run.job import run_job
 from stepwise.pipeline.spec import load_job
 from stepwise.storage.catalog import query
 from tests.conftest import write_jsonl

@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from stepwise.pipeline.heartbeat import LAST_ERRORS, Heartbeat, HeartbeatWriter, _Rate, read_heartbeat
-from stepwise.pipeline.runner import ShardResult, run_job
+from stepwise.pipeline.run.heartbeat import LAST_ERRORS, Heartbeat, HeartbeatWriter, _Rate, read_heartbeat
+from stepwise.pipeline.run.job import run_job
+from stepwise.pipeline.run.shard import ShardResult
 from stepwise.pipeline.spec import load_job
 from stepwise.pipeline.types import Completion
 from stepwise.storage.location import CorpusLocation

@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from stepwise.pipeline.runner import run_job
+from stepwise.pipeline.run.job import run_job
 from stepwise.pipeline.spec import load_job
 from stepwise.storage.catalog import query
 from stepwise.storage.jobs import JobRegistry

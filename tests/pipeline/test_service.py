@@ -5,8 +5,9 @@ from __future__ import annotations
 import shutil
 from dataclasses import asdict
 
-import stepwise.pipeline.runner as runner
-from stepwise.pipeline.runner import merge_summaries, run_job, summarize, summarize_files
+import stepwise.pipeline.run.summary as summary_module
+from stepwise.pipeline.run.job import run_job
+from stepwise.pipeline.run.summary import merge_summaries, summarize, summarize_files
 from stepwise.pipeline.service import JobService
 from stepwise.pipeline.spec import load_job
 from stepwise.storage.location import CorpusLocation
@@ -38,8 +39,8 @@ def test_the_service_reads_each_new_part_file_once(tmp_path, monkeypatch):
     files = corpus.list_files("records", job.job_id)
     whole = counters(summarize(corpus, job.job_id))
     read: list[list[str]] = []
-    real = runner.summarize_files
-    monkeypatch.setattr(runner, "summarize_files", lambda c, j, fs: read.append(list(fs)) or real(c, j, fs))
+    real = summary_module.summarize_files
+    monkeypatch.setattr(summary_module, "summarize_files", lambda c, j, fs: read.append(list(fs)) or real(c, j, fs))
 
     service = JobService(tmp_path / "corpus")
     summary, n = service._summary(service.registry.get(job.job_id))

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from stepwise.pipeline.cache import cache_path
+from stepwise.storage.layout import request_cache as cache_path
 from stepwise.pipeline.errors import JobConflictError, StorageError
 from stepwise.pipeline.exports import FORMATS, export_job
-from stepwise.pipeline.heartbeat import read_heartbeat
-from stepwise.pipeline.runner import run_job
+from stepwise.pipeline.run.heartbeat import read_heartbeat
+from stepwise.pipeline.run.job import run_job
 from stepwise.pipeline.spec import load_job
 from stepwise.storage.catalog import query
 from stepwise.storage.jobs import JobRegistry
@@ -115,7 +115,7 @@ def test_every_export_format_of_an_s3_corpus_matches_the_local_one_byte_for_byte
     job = make_job(tmp_path, 200, samples=2, shard_size=64)
     run_job(load_job(job), tmp_path / "local")
     run_job(load_job(job), s3.uri())
-    for fmt in FORMATS:
+    for fmt in FORMATS.names():
         ext = "parquet" if fmt == "parquet" else "jsonl"
         a = export_job(tmp_path / "local", "kill-test", fmt, tmp_path / "a" / f"{fmt}.{ext}")
         b = export_job(s3.uri(), "kill-test", fmt, tmp_path / "b" / f"{fmt}.{ext}")

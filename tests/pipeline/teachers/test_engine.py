@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from stepwise.pipeline.cache import RequestCache
+from stepwise.storage.cache import RequestCache
 from stepwise.pipeline.errors import BudgetExhaustedError, TeacherAuthError
 from stepwise.pipeline.spec import CostSpec, OpenAITeacherSpec
 from stepwise.pipeline.teachers.limits import estimate_tokens

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from stepwise.pipeline.cache import RequestCache
+from stepwise.storage.cache import RequestCache
 from tests.pipeline.teachers.test_live_jobs import FAST, ROOT, make_job, ok, rows, run_job, sim_for
 from tests.pipeline.test_runner import make_job as make_replay_job
 

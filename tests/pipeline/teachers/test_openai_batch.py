@@ -20,7 +20,7 @@ import pytest
 import yaml
 from openai import OpenAI
 
-from stepwise.pipeline.cache import RequestCache
+from stepwise.storage.cache import RequestCache
 from stepwise.pipeline.errors import RequestRejectedError, TeacherAuthError
 from stepwise.pipeline.spec import JobSpec, OpenAIBatchTeacherSpec, parse_job
 from stepwise.pipeline.teachers import build_backend

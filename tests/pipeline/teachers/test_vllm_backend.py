@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from stepwise.pipeline.cache import RequestCache
+from stepwise.storage.cache import RequestCache
 from stepwise.pipeline.errors import TeacherError
-from stepwise.pipeline.runner import run_job
+from stepwise.pipeline.run.job import run_job
 from stepwise.pipeline.spec import VLLMTeacherSpec, load_job
 from stepwise.pipeline.teachers import build_backend
 from stepwise.pipeline.types import Sampling, TeacherRequest
@@ -105,7 +105,7 @@ def requests(n_examples: int, samples: int, **kw) -> list[TeacherRequest]:
 def test_without_vllm_installed_the_error_names_the_extra(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` raises ImportError
     backend = build_backend(spec(), corpus=tmp_path)
-    with pytest.raises(TeacherError, match=r"pip install 'stepwise\[vllm\]'"):
+    with pytest.raises(TeacherError, match=r"pip install 'stepwise-distill\[vllm\]'"):
         backend.complete(requests(1, 1))
 
 

@@ -102,7 +102,7 @@ def test_the_real_export_never_leaks_a_question_across_splits(svamp_export: Path
 
 def test_a_jobs_test_split_scores_every_question_also_those_the_teacher_got_wrong(tmp_path: Path):
     from stepwise.pipeline.exports import assign_split
-    from stepwise.pipeline.runner import run_job
+    from stepwise.pipeline.run.job import run_job
     from stepwise.pipeline.spec import load_job
     from tests.pipeline.test_runner import make_job
 

@@ -100,4 +100,4 @@ from stepwise.pipeline.cli import main
 sys.exit(main(["train", "--export", {str(svamp_export)!r}, "--out", {str(tmp_path / "out")!r}]))
 """, tmp_path)
     assert proc.returncode == 1, proc.stderr
-    assert "pip install 'stepwise[train]'" in proc.stderr
+    assert "pip install 'stepwise-distill[train]'" in proc.stderr

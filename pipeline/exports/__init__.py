@@ -1,6 +1,8 @@
 """Student-ready exports of a job's accepted records.
 
-Formats (one row per accepted record unless said otherwise):
+Each format is a module of this package that registers an `ExportFormat` in `FORMATS` (imported with it): the
+CLI's `--format`, the REST export's `format` and `export_job` read the registry, so a new format is a new module.
+The built-in ones (one row per accepted record unless said otherwise):
   dsbs          Distilling step-by-step multi-task: two rows per record,
                 `predict: <input>` -> label and `explain: <input>` -> rationale
   finetune_cot  Fine-tune-CoT: prompt `<input> ###`, completion ` <rationale> --> <label> END`
@@ -15,31 +17,31 @@ across splits.
 from __future__ import annotations
 
 import hashlib
-import json
+import importlib
 import math
-import os
+import pkgutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import pyarrow as pa
-
 from stepwise.pipeline.errors import StepwiseError, StorageError
+from stepwise.pipeline.exports.base import (
+    ARROW,
+    EXPLAIN_PREFIX,
+    EXPORT_SCHEMA,
+    FORMATS,
+    PREDICT_PREFIX,
+    FormatName,
+    ExportFormat,
+    write_jsonl,
+)
 from stepwise.storage.catalog import connect
-from stepwise.storage.parquet import write_table_atomic
 
-ExportFormat = Literal["dsbs", "finetune_cot", "chat", "parquet"]
-FORMATS: tuple[str, ...] = ("dsbs", "finetune_cot", "chat", "parquet")
+__all__ = ["ARROW", "EXPLAIN_PREFIX", "EXPORT_SCHEMA", "FORMATS", "FormatName", "PREDICT_PREFIX", "SPLITS", "ExportFormat",
+           "ExportSummary", "accepted_records", "assign_split", "export_job", "parse_split", "write_jsonl"]
+
 SPLITS = ("train", "valid", "test")
-# the student formats' markers, shared with the trainer (pipeline/trainer) so a student sees what the exports write
-PREDICT_PREFIX, EXPLAIN_PREFIX = "predict: ", "explain: "
-ARROW = "-->"
-
-EXPORT_SCHEMA = pa.schema([
-    ("example_id", pa.string()), ("sample_idx", pa.int32()), ("input", pa.string()), ("rationale", pa.string()),
-    ("label", pa.string()), ("gold_label", pa.string()), ("teacher_label", pa.string()),
-])
 
 
 @dataclass
@@ -93,41 +95,14 @@ def accepted_records(root: str | Path, job_id: str) -> Iterator[dict]:
         con.close()
 
 
-def _format_row(fmt: str, r: dict, label: str) -> list[dict]:
-    if fmt == "dsbs":
-        base = {"example_id": r["example_id"], "sample_idx": r["sample_idx"]}
-        return [
-            {**base, "task": "predict", "input": f"{PREDICT_PREFIX}{r['input']}", "target": label},
-            {**base, "task": "explain", "input": f"{EXPLAIN_PREFIX}{r['input']}", "target": r["rationale"]},
-        ]
-    if fmt == "finetune_cot":
-        return [{"example_id": r["example_id"], "sample_idx": r["sample_idx"], "prompt": f"{r['input']} ###",
-                 "completion": f" {r['rationale']} {ARROW} {label} END"}]
-    if fmt == "chat":
-        return [{"messages": [{"role": "user", "content": r["input"]},
-                              {"role": "assistant", "content": f"{r['rationale']}\nSo the answer is {label}."}]}]
-    return [{"example_id": r["example_id"], "sample_idx": r["sample_idx"], "input": r["input"],
-             "rationale": r["rationale"], "label": label, "gold_label": r["gold_label"], "teacher_label": r["label"]}]
-
-
-def _write_jsonl(rows: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False))
-            fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def export_job(root: str | Path, job_id: str, fmt: str, out: str | Path, *,
                label_source: Literal["teacher", "gold"] = "teacher",
                split: tuple[float, float, float] | None = None, seed: int = 0) -> ExportSummary:
     """Write a job's accepted records in a student format; returns what was written."""
-    if fmt not in FORMATS:
-        raise StepwiseError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    try:
+        form = FORMATS.get(fmt)
+    except KeyError as exc:
+        raise StepwiseError(str(exc.args[0])) from None
     if label_source not in ("teacher", "gold"):
         raise StepwiseError(f"label source must be 'teacher' or 'gold', not {label_source!r}")
     out = Path(out)  # the corpus may be an object-store URI; the export is a local file or folder
@@ -139,14 +114,13 @@ def export_job(root: str | Path, job_id: str, fmt: str, out: str | Path, *,
             summary.skipped_no_gold += 1
             continue
         bucket = assign_split(r["example_id"], split, seed) if split else "all"
-        buckets[bucket].extend(_format_row(fmt, r, label))
+        buckets[bucket].extend(form.rows(r, label))
         summary.records += 1
-    ext = "parquet" if fmt == "parquet" else "jsonl"
     for name, rows in buckets.items():
-        path = out / f"{name}.{ext}" if split else out
-        if fmt == "parquet":
-            write_table_atomic(pa.Table.from_pylist(rows, schema=EXPORT_SCHEMA), path)
-        else:
-            _write_jsonl(rows, path)
+        form.write(rows, out / f"{name}.{form.suffix}" if split else out)
         summary.rows[name] = len(rows)
     return summary
+
+
+for _module in pkgutil.iter_modules(__path__):  # each module registers the format it defines
+    importlib.import_module(f"{__name__}.{_module.name}")

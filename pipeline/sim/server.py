@@ -36,7 +36,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from stepwise.pipeline.teachers.limits import SlidingWindow, estimate_tokens, request_tokens
+from stepwise.pipeline.sim.limits import Window, charged_tokens, text_tokens
 
 FAULTS = ("error_500", "error_503", "drop", "stall", "malformed", "truncated", "garbage")
 
@@ -82,8 +82,8 @@ class Simulator:
         self.config = config
         self.rng = random.Random(config.seed)
         self.slots = asyncio.Semaphore(config.capacity)
-        self.rpm = SlidingWindow(config.rpm, config.window_s) if config.rpm else None
-        self.tpm = SlidingWindow(config.tpm, config.window_s) if config.tpm else None
+        self.rpm = Window(config.rpm, config.window_s) if config.rpm else None
+        self.tpm = Window(config.tpm, config.window_s) if config.tpm else None
         self.received: Counter[str] = Counter()
         self.completed: Counter[str] = Counter()
         self.statuses: Counter[str] = Counter()
@@ -162,26 +162,26 @@ class Simulator:
         if self.rpm:
             h["x-ratelimit-limit-requests"] = str(self.rpm.limit)
             h["x-ratelimit-remaining-requests"] = str(self.rpm.remaining(now))
-            reset = self.rpm.wait_time(now, self.rpm.limit) if self.rpm.total else 0.0
+            reset = self.rpm.wait(now, self.rpm.limit) if self.rpm.used else 0.0
             h["x-ratelimit-reset-requests"] = f"{max(0.0, reset):.3f}s"
         if self.tpm:
             h["x-ratelimit-limit-tokens"] = str(self.tpm.limit)
             h["x-ratelimit-remaining-tokens"] = str(self.tpm.remaining(now))
-            reset = self.tpm.wait_time(now, self.tpm.limit) if self.tpm.total else 0.0
+            reset = self.tpm.wait(now, self.tpm.limit) if self.tpm.used else 0.0
             h["x-ratelimit-reset-tokens"] = f"{max(0.0, reset):.3f}s"
         return h
 
     def _admit(self, tokens: int) -> float:
         """0 and the request is counted, or the seconds to wait (a 429)."""
         now = time.monotonic()
-        wait = max(self.rpm.wait_time(now, 1) if self.rpm else 0.0,
-                   self.tpm.wait_time(now, tokens) if self.tpm else 0.0)
+        wait = max(self.rpm.wait(now, 1) if self.rpm else 0.0,
+                   self.tpm.wait(now, tokens) if self.tpm else 0.0)
         if wait > 0:
             return wait
         if self.rpm:
-            self.rpm.add(now, 1)
+            self.rpm.admit(now, 1)
         if self.tpm:
-            self.tpm.add(now, tokens)
+            self.tpm.admit(now, tokens)
         return 0.0
 
     # ── handlers ─────────────────────────────────────────────────────────────────────────────────────────────
@@ -211,7 +211,7 @@ class Simulator:
         n = int(body.get("n") or 1)
         if n > 1 and not self.config.supports_n:
             return self._error(400, "n > 1 is not supported by this server", "invalid_request_error")
-        tokens = request_tokens(body)
+        tokens = charged_tokens(body)
         wait = self._admit(tokens)
         now = time.monotonic()
         if wait > 0:
@@ -241,7 +241,7 @@ class Simulator:
                         text, finish = text[: max(1, len(text) // 2)], "length"
                     elif fault == "garbage":
                         text = "".join(self.rng.choice("qwxz #%&") for _ in range(40))
-                    out_tokens += estimate_tokens(text)
+                    out_tokens += text_tokens(text)
                     choices.append({"index": i, "message": {"role": "assistant", "content": text},
                                     "finish_reason": finish, "logprobs": None})
                 delay = self.config.latency_s + self.config.per_token_s * out_tokens / n
@@ -442,10 +442,10 @@ class Simulator:
         choices, out_tokens = [], 0
         for i in range(n):
             text, finish = self.answer(example_id, i, body)
-            out_tokens += estimate_tokens(text)
+            out_tokens += text_tokens(text)
             choices.append({"index": i, "message": {"role": "assistant", "content": text},
                             "finish_reason": finish, "logprobs": None})
-        prompt_tokens = request_tokens(body) - n * int(body.get("max_completion_tokens") or body.get("max_tokens")
+        prompt_tokens = charged_tokens(body) - n * int(body.get("max_completion_tokens") or body.get("max_tokens")
                                                        or 256)
         return {"id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
                 "model": body.get("model") or self.config.model, "choices": choices,

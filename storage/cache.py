@@ -1,22 +1,19 @@
 """The request cache: every completion we paid for, keyed by what determines it, written as it arrives.
 
-Content-addressed by `TeacherRequest.cache_key()` (backend, model, messages, sampling, sample index, and the
-response schema when there is one) and nothing else, so renaming a job or changing its filters or export
+Content-addressed by `TeacherRequest.cache_key()` (backend, endpoint, model, messages, sampling, sample index,
+and the response schema when there is one) and nothing else, so renaming a job or changing its filters or export
 settings never pays for a completion twice. Stored in SQLite (WAL) under `<corpus>/cache/requests.sqlite`:
 each completion is committed before the engine moves on, so a `kill -9` loses at most the requests that were
 still in flight.
 
 SQLite needs a real filesystem, so for a corpus on an object store (`s3://...`) the cache lives in a local
-folder: `$STEPWISE_CACHE_DIR/requests.sqlite` when that is set, else
-`~/.cache/stepwise/<first 16 hex digits of sha256(corpus URI)>/requests.sqlite`. On a multi-node cluster point
+folder (`storage.layout.request_cache`). On a multi-node cluster point
 `STEPWISE_CACHE_DIR` at a shared filesystem that every node mounts, or each node keeps its own cache and a shard
 retried on another node pays again for the requests it had completed.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 import sqlite3
 import threading
 import time
@@ -24,7 +21,7 @@ from pathlib import Path
 
 from stepwise.pipeline.errors import StorageError
 from stepwise.pipeline.types import Completion
-from stepwise.storage.location import is_uri
+from stepwise.storage.layout import request_cache
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS completions (
@@ -38,18 +35,6 @@ CREATE TABLE IF NOT EXISTS completions (
     created_at REAL NOT NULL
 )
 """
-
-
-def cache_path(root: str | Path) -> Path:
-    """Where the request cache of the corpus at `root` lives (see the module docstring)."""
-    if not is_uri(root):
-        return Path(root) / "cache" / "requests.sqlite"
-    if os.environ.get("STEPWISE_CACHE_DIR"):
-        return Path(os.environ["STEPWISE_CACHE_DIR"]).expanduser() / "requests.sqlite"
-    location, _, options = str(root).partition("?")
-    canonical = location.rstrip("/") + ("?" + "&".join(sorted(options.split("&"))) if options else "")
-    digest = hashlib.sha256(canonical.encode()).hexdigest()[:16]
-    return Path.home() / ".cache" / "stepwise" / digest / "requests.sqlite"
 
 
 def open_sqlite(target: str | Path, schema: str, what: str) -> sqlite3.Connection:
@@ -78,7 +63,7 @@ class RequestCache:
     @classmethod
     def for_corpus(cls, root: str | Path) -> RequestCache:
         """The corpus's cache: inside a local corpus, in a local folder for one on an object store."""
-        return cls(cache_path(root))
+        return cls(request_cache(root))
 
     def get_many(self, keys: list[str]) -> dict[str, Completion]:
         """Cached completions for the keys that have one (example ids are filled in by the caller)."""

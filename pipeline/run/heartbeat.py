@@ -2,7 +2,8 @@
 
 The part files are the durable truth of what a job has done, but they move a shard at a time and say nothing
 about speed. So the process that runs a job (`run_job`, local or Ray driver) also keeps
-`<corpus>/jobs/<job_id>.progress.json` up to date, rewritten whole every second (five on an object store) by a background thread.
+`jobs/<job_id>.progress.json` (`storage/layout.py`) up to date, rewritten whole every second (five on an object
+store) by a background thread.
 The REST service reads it to report requests done, requests per second, the ETA and the last errors; a job run
 by hand with `stepwise run` shows up the same way. Losing the file loses nothing but these figures.
 """
@@ -19,6 +20,7 @@ from datetime import UTC, datetime
 from pydantic import BaseModel, Field, ValidationError
 
 from stepwise.pipeline.types import Completion
+from stepwise.storage import layout
 from stepwise.storage.location import CorpusLocation
 
 log = logging.getLogger("stepwise.heartbeat")
@@ -71,7 +73,7 @@ class Heartbeat(BaseModel):
 
 def read_heartbeat(corpus: CorpusLocation, job_id: str) -> Heartbeat | None:
     """The job's last heartbeat; None when there is none or it cannot be read (it is advisory)."""
-    data = corpus.read_bytes("jobs", f"{job_id}.progress.json")
+    data = corpus.read_bytes(*layout.progress_file(job_id))
     if not data:
         return None
     try:
@@ -189,7 +191,7 @@ class HeartbeatWriter:
                 eta = self._eta(requests_per_s, shards_per_s)
             beat = b.model_copy(update=dict(updated_at=datetime.now(UTC), finished=finished, eta_s=eta,
                                             requests_per_s=requests_per_s, shards_per_s=shards_per_s))
-        self.corpus.write_bytes(beat.model_dump_json().encode(), "jobs", f"{self.job_id}.progress.json")
+        self.corpus.write_bytes(beat.model_dump_json().encode(), *layout.progress_file(self.job_id))
 
     def _eta(self, requests_per_s: float | None, shards_per_s: float | None) -> float | None:
         b = self.beat

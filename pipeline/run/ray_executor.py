@@ -3,8 +3,8 @@
 - `ray.init()` starts a local instance by default (nothing to set up); `executor.address`, `--ray-address`
   or `RAY_ADDRESS` joins a cluster.
 - Each `ShardWorker` actor builds the job context once (task, prompt, teacher backend) and runs whole
-  shards with the same `write_shard` the local path uses: part files are written by the worker, atomically;
-  only counts come back, so the driver does no per-record work.
+  shards with the one shard path (`run/shard.py`): part files are written by the worker, atomically; only
+  counts come back, so the driver does no per-record work.
 - One `JobBudget` actor holds the job's RPM / TPM budget and cost cap for all workers: limits are shared,
   never copied per worker.
 - A worker that dies is restarted by Ray and its shard is retried; a shard whose part file exists is skipped,
@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,9 +25,16 @@ from typing import Any
 
 import ray
 
-from stepwise.pipeline.errors import BudgetExhaustedError, StepwiseError, TeacherAuthError, TeacherFailingError
-from stepwise.pipeline.executors import POLL_S, CancelCheck, Outcome
-from stepwise.pipeline.runner import Item, JobContext, Progress, ShardResult, write_shard
+from stepwise.pipeline.errors import (
+    BudgetExhaustedError,
+    JobCancelledError,
+    StepwiseError,
+    TeacherAuthError,
+    TeacherFailingError,
+)
+from stepwise.pipeline.run.context import Item, JobContext, prepare_context
+from stepwise.pipeline.run.executors import POLL_S, CancelCheck, teacher_counters
+from stepwise.pipeline.run.shard import Progress, ShardResult, run_shard
 from stepwise.pipeline.spec import CostSpec, ExecutorSpec, JobSpec
 from stepwise.storage.location import CorpusLocation
 
@@ -38,8 +46,8 @@ class JobBudget:
     """The job's one RPM / TPM budget and cost meter, shared by every worker (an async actor)."""
 
     def __init__(self, rpm: int | None, tpm: int | None, cost: dict | None):
+        from stepwise.pipeline.teachers.cost import CostMeter
         from stepwise.pipeline.teachers.limits import RateBudget
-        from stepwise.pipeline.teachers.openai_compat import CostMeter
 
         self.rate = RateBudget(rpm, tpm)
         self.meter = CostMeter(CostSpec(**cost) if cost else None)
@@ -91,8 +99,6 @@ class ShardWorker:
     """Builds the job context once and runs whole shards (threaded: IN_FLIGHT_PER_WORKER at a time)."""
 
     def __init__(self, spec_json: str, task_kind: str, prompt, backend, root: str, budget):
-        from stepwise.pipeline.runner import prepare_context
-
         spec = JobSpec.model_validate_json(spec_json)
         spec = spec.model_copy(update={"task": spec.task.model_copy(update={"kind": task_kind})})
         if backend is None:
@@ -108,11 +114,9 @@ class ShardWorker:
         return os.getpid()
 
     def run(self, index: int, items: Sequence[Item]) -> ShardResult:
-        return write_shard(self.ctx, self.corpus, index, items)
+        return run_shard(self.ctx, self.corpus, index, items)
 
     def teacher_counters(self) -> dict[str, float]:
-        from stepwise.pipeline.executors import teacher_counters
-
         return teacher_counters(self.ctx.backend)
 
 
@@ -125,9 +129,10 @@ def ensure_ray(spec: ExecutorSpec) -> None:
         # "local", not None: None would join whatever cluster `ray start` last left on this machine
         kwargs.update(address="local", num_cpus=max(os.cpu_count() or 1, int(spec.workers * spec.num_cpus) + 1),
                       include_dashboard=False)
-    # workers import our packages from the same source tree as the driver
+    # workers import `stepwise` from where the driver does (a source checkout, or site-packages)
+    home = str(Path(sys.modules["stepwise"].__file__).resolve().parent.parent)
     kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(
-        p for p in (str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")) if p)}}
+        p for p in (home, os.environ.get("PYTHONPATH")) if p)}}
     ray.init(**kwargs)
 
 
@@ -136,9 +141,10 @@ class RayExecutor:
 
     def __init__(self, spec: ExecutorSpec):
         self.spec = spec
+        self.counters: dict[str, float] = {}
 
     def run(self, ctx: JobContext, shards: Sequence[Sequence[Item]], todo: list[int], corpus: CorpusLocation,
-            progress: Progress | None, cancelled: CancelCheck) -> Outcome:
+            progress: Progress | None, cancelled: CancelCheck) -> None:
         ensure_ray(self.spec)
         job = ctx.spec
         budget = None
@@ -158,10 +164,10 @@ class RayExecutor:
         queue = list(reversed(todo))
         in_flight: dict[Any, tuple[int, int]] = {}  # ref -> (shard index, worker)
         load = [0] * n_workers
-        status, message = "completed", None
+        stop: BudgetExhaustedError | TeacherFailingError | None = None  # raised once the shards in flight end
         try:
             while queue or in_flight:
-                while queue and min(load) < IN_FLIGHT_PER_WORKER and status == "completed":
+                while queue and min(load) < IN_FLIGHT_PER_WORKER and stop is None:
                     w = load.index(min(load))
                     index = queue.pop()
                     in_flight[workers[w].run.remote(index, shards[index])] = (index, w)
@@ -170,7 +176,7 @@ class RayExecutor:
                     break
                 done, _ = ray.wait(list(in_flight), num_returns=1, timeout=POLL_S)
                 if cancelled():  # the workers are killed on the way out (finally): in-flight shards stop at once
-                    return "cancelled", "cancelled on request; finished shards are kept", {}
+                    raise JobCancelledError("cancelled on request; finished shards are kept")
                 for ref in done:
                     index, w = in_flight.pop(ref)
                     load[w] -= 1
@@ -179,9 +185,7 @@ class RayExecutor:
                     except ray.exceptions.RayTaskError as exc:
                         cause = exc.cause if hasattr(exc, "cause") else None
                         if isinstance(cause, BudgetExhaustedError | TeacherFailingError):
-                            if status == "completed":
-                                status = "budget_exhausted" if isinstance(cause, BudgetExhaustedError) else "failed"
-                                message = str(cause)
+                            stop = stop or cause
                             queue.clear()  # let shards in flight finish: their requests are paid for
                             continue
                         if isinstance(cause, StepwiseError | TeacherAuthError):
@@ -192,12 +196,10 @@ class RayExecutor:
                         continue
                     if progress:
                         progress.shard_done(result)
-            counters: dict[str, float] = {}
-            for c in ray.get([w.teacher_counters.remote() for w in workers]):
-                for k, v in c.items():
-                    counters[k] = counters.get(k, 0) + v
-            return status, message, counters
+            if stop is not None:
+                raise stop
         finally:
+            self.counters = _summed_counters(workers)
             # killing an actor stops the shard it is running (a part file is either whole or absent);
             # ray.cancel(force=True) is not allowed for actor tasks
             for w in workers:
@@ -205,3 +207,19 @@ class RayExecutor:
             if budget is not None:
                 ray.kill(budget)
             time.sleep(0)  # let Ray process the kills before the driver moves on
+
+
+def _summed_counters(workers: list) -> dict[str, float]:
+    """The teacher counters of every worker that still answers (workers run shards on their own threads, so they
+    answer during a shard too), summed."""
+    counters: dict[str, float] = {}
+    refs = [w.teacher_counters.remote() for w in workers]
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=10)
+    for ref in ready:
+        try:
+            found = ray.get(ref)
+        except ray.exceptions.RayError:  # a worker that died: its counters died with it
+            continue
+        for k, v in found.items():
+            counters[k] = counters.get(k, 0) + v
+    return counters

@@ -1,0 +1,47 @@
+"""`stepwise` command line: run | cancel | import | query | export | train | demo | serve | sim.
+
+Exit codes: 0 done; 1 the job or command failed (message on stderr; a job whose teacher requests failed after
+their retries also ends here: run it again to retry exactly those); 2 bad usage, an invalid job file, a file it
+names that is missing, a dataset mapping no row fits, or an invalid `train` flag (the message names the field,
+and nothing is written); 3 the job's cost budget stopped it, 4 it was cancelled (both resumable by running it
+again).
+
+Each module of this package adds its commands (`add_parsers`); the parser is built from all of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from stepwise.pipeline.cli import data, demo, jobs, serve, train
+from stepwise.pipeline.cli.console import err
+from stepwise.pipeline.errors import JobSpecError, StepwiseError, TrainConfigError
+
+COMMANDS = (jobs, data, train, demo, serve)  # in the order `stepwise --help` lists them
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="stepwise", description="Rationale corpora for distilling LLMs into small models.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for module in COMMANDS:
+        module.add_parsers(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (JobSpecError, TrainConfigError) as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        return 2
+    except StepwiseError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        return 1
+    except KeyboardInterrupt:
+        err.print("interrupted: finished shards are kept; run the same command again to resume")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""What every shard of a job needs, built once: the spec, the task, the prompt and the teacher backend."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from stepwise.pipeline.datasets import check_fields, check_gold, read_examples
+from stepwise.pipeline.spec import JobSpec
+from stepwise.pipeline.tasks import Task, build_task
+from stepwise.pipeline.teachers import TeacherBackend, build_backend
+from stepwise.pipeline.types import Completion, Example, RowReject, Sampling
+from stepwise.prompts import PromptTemplate, load_prompt
+
+Item = Example | RowReject
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """Everything a shard needs, built once per job."""
+
+    job_id: str
+    spec: JobSpec
+    task: Task
+    prompt: PromptTemplate
+    backend: TeacherBackend
+
+    @property
+    def sampling(self) -> Sampling:
+        s = self.spec.sampling
+        return Sampling(s.temperature, s.top_p, s.max_tokens, s.seed, tuple(s.stop))
+
+    def cost_of(self, c: Completion | None) -> float | None:
+        if c is None:
+            return None
+        if c.cost_usd is not None:
+            return c.cost_usd
+        return self.spec.cost.cost(c.tokens_in, c.tokens_out) if self.spec.cost else None
+
+
+def load_items(spec: JobSpec) -> list[Item]:
+    """Every row of the dataset as an Example or a RowReject, after `check_fields` made sure the field
+    mapping fits the data (a field that no row has is a JobSpecError, not a corpus of bad rows)."""
+    check_fields(spec.dataset)
+    return list(read_examples(spec.dataset))
+
+
+def prepare_context(spec: JobSpec, items: Sequence[Item], *, backend: TeacherBackend | None = None,
+                    prompt: PromptTemplate | None = None,
+                    corpus: str | Path | None = None) -> tuple[JobContext, list[Item]]:
+    """Build the task (inferring `auto` from the data), prompt and backend; complete the examples."""
+    examples = [i for i in items if isinstance(i, Example)]
+    task = build_task(spec.task, examples[:500])
+    check_gold(task, examples)  # before any request: gold that never fits the task is a job-file mistake
+    prompt = prompt or load_prompt(spec.prompt, task.kind)
+    backend = backend or build_backend(spec.teacher, corpus=corpus, cost=spec.cost,
+                                       max_error_rate=spec.max_error_rate)
+    prepared = [task.prepare(i) if isinstance(i, Example) else i for i in items]
+    return JobContext(spec.job_id, spec, task, prompt, backend), prepared

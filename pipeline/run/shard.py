@@ -1,0 +1,193 @@
+"""The one shard path: every executor runs a shard with `start_shard` then `StartedShard.finish`.
+
+    start_shard   skip a shard that is done (a part file and no retry marker), else plan it (bad rows become
+                  records, examples become requests) and send its requests to the teacher
+    finish        wait for the answers, judge them (parse + validate) and write the part file atomically
+
+A Ray worker runs both halves in a row (`run_shard`); the local executor starts the next shard before it finishes
+the last, so the next shard's requests queue while the last answers arrive. A part file is whole or absent, so a
+killed run resumes at the first shard without one and never writes a record twice; a shard holding requests that
+failed for an infrastructure reason is marked for retry before its part file is written, and is done again (from
+the request cache, sending only what failed) by the next run.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+from stepwise.pipeline.errors import StepwiseError
+from stepwise.pipeline.parsing import parse_completion
+from stepwise.pipeline.run.context import Item, JobContext
+from stepwise.pipeline.types import Completion, Example, RationaleRecord, RejectReason, RowReject, TeacherRequest
+from stepwise.pipeline.validate import judge_example
+from stepwise.prompts import answer_schema
+from stepwise.storage import layout
+from stepwise.storage.location import CorpusLocation
+from stepwise.storage.parquet import records_to_table
+from stepwise.storage.schema import DICTIONARY_COLUMNS
+
+Answers = Callable[[concurrent.futures.Future], Sequence[Completion]]  # waits for a shard's completions
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """What a finished shard reports back (counts only: records stay where they were written)."""
+
+    index: int
+    records: int = 0
+    accepted: int = 0
+    tokens: int = 0
+    cost_usd: float = 0.0
+    skipped: bool = False
+
+    @classmethod
+    def of(cls, index: int, records: Sequence[RationaleRecord]) -> ShardResult:
+        return cls(index, len(records), sum(1 for r in records if r.accepted),
+                   sum((r.tokens_in or 0) + (r.tokens_out or 0) for r in records),
+                   sum(r.cost_usd or 0.0 for r in records))
+
+
+class Progress(Protocol):
+    """What a progress display is told. Live local backends report each completion; every run each shard."""
+
+    def start(self, total_requests: int, total_shards: int, live: bool) -> None: ...
+    def completion(self, completion: Completion, cached: bool) -> None: ...
+    def shard_done(self, result: ShardResult) -> None: ...
+
+
+def shard_done(corpus: CorpusLocation, job_id: str, shard: int) -> bool:
+    return corpus.exists(*layout.part(job_id, shard)) and not corpus.exists(*layout.retry_marker(job_id, shard))
+
+
+def done_shards(corpus: CorpusLocation, job_id: str) -> set[int]:
+    """The finished shards of a job: a part file and no retry marker. Two listings (two requests on an object
+    store, not one per shard)."""
+    folder = (layout.RECORDS, job_id)
+    parts = {layout.shard_of(p) for p in corpus.list_files(*folder)}
+    return parts - {layout.shard_of(p) for p in corpus.list_files(*folder, suffix=layout.RETRY_SUFFIX)}
+
+
+def write_part(corpus: CorpusLocation, job_id: str, shard: int, records: Sequence[RationaleRecord]) -> ShardResult:
+    """A shard's part file, atomically. A shard with requests that failed for an infrastructure reason is marked
+    for retry first (a rerun sends exactly those again and replaces the part file); a clean one clears its mark
+    after, so a crash in between leaves the shard to be done again, never marked done by mistake."""
+    retry = any(r.reject_reason == RejectReason.TEACHER_UNAVAILABLE for r in records)
+    if retry:
+        corpus.touch(*layout.retry_marker(job_id, shard))
+    if records:
+        corpus.write_table(records_to_table(records), *layout.part(job_id, shard), dictionary=DICTIONARY_COLUMNS)
+    if not retry:
+        corpus.remove(*layout.retry_marker(job_id, shard))
+    return ShardResult.of(shard, records)
+
+
+def _record(ctx: JobContext, created: datetime, example_id: str, sample_idx: int, **kw) -> RationaleRecord:
+    base = dict(
+        job_id=ctx.job_id, example_id=example_id, sample_idx=sample_idx, task=ctx.task.kind, input=None,
+        gold_label=None, label=None, rationale=None, correct=None, accepted=False, reject_reason=None,
+        reject_detail=None, consensus_label=None, agreement=None, prompt_id=ctx.prompt.id,
+        prompt_hash=ctx.prompt.hash, teacher_backend=ctx.backend.backend, teacher_model=ctx.backend.model,
+        request_key=None, finish_reason=None, tokens_in=None, tokens_out=None, cost_usd=None, latency_s=None,
+        completion=None, created_at=created,
+    )
+    base.update(kw)
+    return RationaleRecord(**base)
+
+
+@dataclass
+class ShardPlan:
+    """A shard between its two halves: requests to send, and what is needed to judge the answers."""
+
+    records: list[RationaleRecord]                 # bad rows, already final
+    ready: list[tuple[Example, str | None, str]]   # example, gold label, student input
+    requests: list[TeacherRequest]
+
+
+def plan_shard(ctx: JobContext, items: Sequence[Item]) -> ShardPlan:
+    """Bad rows become records, examples become requests."""
+    created = datetime.now(UTC)
+    n = ctx.spec.sampling.n
+    sampling = ctx.sampling
+    plan = ShardPlan([], [], [])
+    for item in items:
+        if isinstance(item, RowReject):
+            plan.records.append(_record(ctx, created, item.id, 0, reject_reason=RejectReason.BAD_ROW.value,
+                                        reject_detail=item.reason))
+            continue
+        try:
+            gold = ctx.task.normalize_gold(item.gold, item) if item.gold is not None else None
+            messages = ctx.prompt.render(item, ctx.task, gold)
+            followup = ctx.prompt.render_followup(item, ctx.task, gold)
+        except (ValueError, StepwiseError) as exc:
+            plan.records.append(_record(ctx, created, item.id, 0, input=item.input,
+                                        reject_reason=RejectReason.BAD_ROW.value,
+                                        reject_detail=f"row {item.meta.get('row', '?')}: {exc}"))
+            continue
+        schema = None
+        if ctx.prompt.output == "json":
+            schema = json.dumps(answer_schema(ctx.task, item), sort_keys=True)
+        plan.ready.append((item, gold, ctx.task.student_input(item)))
+        for k in range(n):
+            plan.requests.append(TeacherRequest(item.id, k, messages, sampling, ctx.prompt.id, ctx.prompt.hash,
+                                                ctx.backend.backend, ctx.backend.model, followup, schema,
+                                                ctx.backend.endpoint))
+    return plan
+
+
+def judge_shard(ctx: JobContext, plan: ShardPlan, completions: Sequence[Completion]) -> list[RationaleRecord]:
+    """Parse, judge and turn every sample of a planned shard into a record."""
+    created = datetime.now(UTC)
+    n = ctx.spec.sampling.n
+    by_key = {(c.example_id, c.sample_idx): c for c in completions}
+    records = list(plan.records)
+    for example, gold, student_input in plan.ready:
+        comps = [by_key.get((example.id, k)) for k in range(n)]
+        parsed = [parse_completion(c, example, ctx.task, ctx.prompt.output) for c in comps]
+        verdicts = judge_example(parsed, gold, ctx.task, ctx.spec.filters)
+        for k, (c, p, v) in enumerate(zip(comps, parsed, verdicts, strict=True)):
+            records.append(_record(
+                ctx, created, example.id, k, input=student_input, gold_label=gold, label=p.label,
+                rationale=p.rationale, correct=v.correct, accepted=v.accepted,
+                reject_reason=v.reason.value if v.reason else None, reject_detail=v.detail,
+                consensus_label=v.consensus_label, agreement=v.agreement,
+                request_key=c.request_key if c else None, finish_reason=c.finish_reason if c else None,
+                tokens_in=c.tokens_in if c else None, tokens_out=c.tokens_out if c else None,
+                cost_usd=ctx.cost_of(c), latency_s=c.latency_s if c else None, completion=c.text if c else None,
+            ))
+    return records
+
+
+@dataclass
+class StartedShard:
+    """A shard whose requests are out."""
+
+    ctx: JobContext
+    corpus: CorpusLocation
+    index: int
+    plan: ShardPlan
+    answers: concurrent.futures.Future
+
+    def finish(self, wait: Answers = concurrent.futures.Future.result) -> ShardResult:
+        """Wait for the answers (`wait` may raise to give up, e.g. on a cancel), judge them, write the part file."""
+        records = judge_shard(self.ctx, self.plan, wait(self.answers))
+        return write_part(self.corpus, self.ctx.job_id, self.index, records)
+
+
+def start_shard(ctx: JobContext, corpus: CorpusLocation, index: int, items: Sequence[Item]) -> StartedShard | None:
+    """Plan a shard and send its requests; None when it is done already, so a retried or duplicated task never
+    writes a record twice."""
+    if shard_done(corpus, ctx.job_id, index):
+        return None
+    plan = plan_shard(ctx, items)
+    return StartedShard(ctx, corpus, index, plan, ctx.backend.submit(plan.requests))
+
+
+def run_shard(ctx: JobContext, corpus: CorpusLocation, index: int, items: Sequence[Item]) -> ShardResult:
+    """One shard, start to finish (what a Ray worker runs)."""
+    started = start_shard(ctx, corpus, index, items)
+    return ShardResult(index, skipped=True) if started is None else started.finish()
