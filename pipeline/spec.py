@@ -57,6 +57,8 @@ class TaskSpec(_Strict):
 
     kind: TaskKind
     labels: list[str] | None = Field(None, description="label set (required for kind: custom)")
+    ignore_whitespace: bool = Field(False, description="exact: white space inside an answer does not count "
+                                                       "('n a o a' is 'naoa')")
     aliases: dict[str, str] = Field(default_factory=dict, description="answer text -> label")
     answer_pattern: str | None = Field(None, description="regex; group 1 (else the match) is the answer")
 
@@ -89,15 +91,53 @@ class PromptSpec(_Strict):
     path: str | None = Field(None, description="a template file (YAML) to use instead of the built-in one")
 
 
+# body fields the engine writes itself: `extra_body` may not set them (it would change a request behind the
+# cache key's back, or break the protocol)
+RESERVED_BODY_FIELDS = frozenset({"model", "messages", "n", "temperature", "top_p", "max_tokens", "seed", "stop",
+                                  "stream", "reasoning_effort", "max_completion_tokens", "chat_template_kwargs",
+                                  "response_format", "structured_outputs", "guided_json", "logprobs"})
+
+
 class SamplingSpec(_Strict):
     """Sampling parameters, with their OpenAI names. `n` is the number of samples per example."""
 
     n: int = Field(1, ge=1, le=128)
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_tokens: int = Field(512, ge=1, le=131072)
+    max_tokens: int = Field(512, ge=1, le=262144)
     seed: int | None = None
     stop: list[str] = Field(default_factory=list, max_length=4)
+    stop_after_accepted: int | None = Field(None, ge=1, description=(
+        "ask for samples in rounds and stop an example once this many are accepted (correct when there is gold, "
+        "and past every filter); at most n are ever asked for"))
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = Field(
+        None, description="hosted reasoning models (OpenAI o-series, gpt-oss on vLLM)")
+    max_completion_tokens: int | None = Field(None, ge=1, le=262144, description=(
+        "sent instead of max_tokens (hosted reasoning models refuse max_tokens); it bounds trace and answer"))
+    chat_template_kwargs: dict[str, Any] = Field(default_factory=dict, description=(
+        "passed to the server's chat template, e.g. {enable_thinking: true} for Qwen3 on vLLM or SGLang"))
+    extra_body: dict[str, Any] = Field(default_factory=dict, description=(
+        "more fields for the request body, as they are (part of the cache key); the fields stepwise sets itself "
+        "are refused"))
+
+    @model_validator(mode="after")
+    def _reasoning(self) -> SamplingSpec:
+        if self.stop_after_accepted is not None and self.stop_after_accepted > self.n:
+            raise ValueError(f"stop_after_accepted ({self.stop_after_accepted}) is more than n ({self.n})")
+        taken = sorted(RESERVED_BODY_FIELDS & set(self.extra_body))
+        if taken:
+            raise ValueError(f"extra_body may not set {', '.join(taken)}: use the sampling field of that name")
+        for name in ("chat_template_kwargs", "extra_body"):
+            try:
+                json.dumps(getattr(self, name), allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{name} must be plain JSON: {exc}") from None
+        return self
+
+    @property
+    def budget(self) -> int:
+        """The most tokens one sample may generate."""
+        return self.max_completion_tokens or self.max_tokens
 
 
 class FilterSpec(_Strict):
@@ -109,6 +149,16 @@ class FilterSpec(_Strict):
     min_rationale_chars: int = Field(1, ge=0)
     max_rationale_chars: int = Field(8000, ge=1)
     dedupe: bool = Field(True, description="reject exact duplicate rationales among an example's samples")
+    # reasoning traces (each a reject reason with a precise detail)
+    min_reasoning_chars: int = Field(0, ge=0, description="reject traces shorter than this")
+    max_reasoning_chars: int | None = Field(None, ge=1, description="reject traces longer than this")
+    max_reasoning_tokens: int | None = Field(None, ge=1, description="reject traces of more tokens (usage)")
+    max_repetition: float | None = Field(None, gt=0.0, le=1.0, description=(
+        "reject traces whose share of repeated word n-grams passes this (a loop)"))
+    max_foreign_script: float | None = Field(None, gt=0.0, le=1.0, description=(
+        "reject traces whose share of letters outside the prompt's script passes this (language mixing)"))
+    reject_contradiction: bool = Field(False, description=(
+        "reject a final answer that contradicts the trace's own last conclusion (always recorded as trace_label)"))
 
     @model_validator(mode="after")
     def _bounds(self) -> FilterSpec:
@@ -117,7 +167,25 @@ class FilterSpec(_Strict):
         return self
 
 
-class ReplayTeacherSpec(_Strict):
+class _Teacher(_Strict):
+    """What every teacher block has: how its thinking trace is found in what it answers."""
+
+    reasoning: Literal["auto", "inline", "prefilled", "none"] = Field("auto", description=(
+        "auto: the server's own field (message.reasoning / reasoning_content) when it sends one, else a "
+        "<think>...</think> block in the content, else no trace; inline: the trace is tagged in the content (an "
+        "opening tag without its closing one is an unfinished trace); prefilled: the chat template opened the "
+        "trace (R1-Distill, QwQ), so the text starts inside it and only the closing tag appears; none: never split"))
+    think_tags: tuple[str, str] = Field(("<think>", "</think>"), description="the tags around an inline trace")
+
+    @field_validator("think_tags")
+    @classmethod
+    def _tags(cls, v: tuple[str, str]) -> tuple[str, str]:
+        if not v[0].strip() or not v[1].strip() or v[0] == v[1]:
+            raise ValueError("think_tags are two different, non-blank tags, e.g. ['<think>', '</think>']")
+        return v
+
+
+class ReplayTeacherSpec(_Teacher):
     """Serves recorded completions (JSONL or Parquet: example_id, sample_idx, text, finish_reason, usage)."""
 
     factory: ClassVar[str] = "stepwise.pipeline.teachers.replay:ReplayBackend"
@@ -127,7 +195,7 @@ class ReplayTeacherSpec(_Strict):
     model: str = Field("replay", description="teacher model name recorded with each record")
 
 
-class OpenAITeacherSpec(_Strict):
+class OpenAITeacherSpec(_Teacher):
     """Any OpenAI-compatible chat completions server: OpenAI, `vllm serve`, SGLang, llama.cpp, Ollama.
 
     The API key is read from the environment variable *named* by `api_key_env`; it is never stored.
@@ -177,7 +245,7 @@ class OpenAITeacherSpec(_Strict):
         return v
 
 
-class VLLMTeacherSpec(_Strict):
+class VLLMTeacherSpec(_Teacher):
     """A local vLLM engine (`vllm.LLM`), fed whole shards. Needs the `vllm` extra and a CUDA GPU."""
 
     factory: ClassVar[str] = "stepwise.pipeline.teachers.vllm_backend:VLLMBackend"
@@ -197,7 +265,7 @@ class VLLMTeacherSpec(_Strict):
     profile: str | None = Field(None, description="a teacher profile of the REST service; set by the service")
 
 
-class OpenAIBatchTeacherSpec(_Strict):
+class OpenAIBatchTeacherSpec(_Teacher):
     """The OpenAI Batch API: requests go up as JSONL files and come back within the completion window, at
     about half the price. Batch ids are kept next to the request cache, so a restarted job polls its open
     batches instead of submitting them again. The key is read from the variable *named* by `api_key_env`.
@@ -277,6 +345,9 @@ class JobSpec(_Strict):
     cost: CostSpec | None = None
     executor: ExecutorSpec = ExecutorSpec()
     shard_size: int = Field(1000, ge=1, le=1_000_000, description="examples per shard (the unit of resume)")
+    rationale: Literal["auto", "reasoning", "content", "both"] = Field("auto", description=(
+        "the student's rationale: the teacher's thinking trace (reasoning), the reasoning in its answer before "
+        "the answer itself (content), both, or auto: the trace when there is one"))
     max_error_rate: float = Field(0.1, ge=0.0, le=1.0, description=(
         "share of teacher requests that may fail for an infrastructure reason (connection, 5xx, timeout after "
         "the retries) before the job stops early with status failed; any such failure fails the job, and a "

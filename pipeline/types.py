@@ -74,6 +74,7 @@ class Example:
     gold: str | None = None
     choices: tuple[str, ...] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    gold_rationale: str | None = None  # a reference solution of the dataset's own (GSM8K's before `####`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +95,16 @@ class Sampling:
     max_tokens: int = 512
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    # reasoning models: set only when the job sets them, so a request without them keeps its cache key
+    reasoning_effort: str | None = None
+    max_completion_tokens: int | None = None
+    chat_template_kwargs: str | None = None  # canonical JSON of a mapping (e.g. {"enable_thinking": true})
+    extra_body: str | None = None            # canonical JSON of more body fields, passed through
+
+    @property
+    def token_budget(self) -> int:
+        """The most tokens one sample may generate (what rate limits and cost caps reserve)."""
+        return self.max_completion_tokens or self.max_tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +141,9 @@ class TeacherRequest:
             },
             "sample_idx": self.sample_idx,
         }
+        for name in ("reasoning_effort", "max_completion_tokens", "chat_template_kwargs", "extra_body"):
+            if getattr(self.sampling, name) is not None:
+                payload["sampling"][name] = getattr(self.sampling, name)
         if self.endpoint is not None:
             payload["endpoint"] = self.endpoint
         if self.followup is not None:
@@ -156,16 +170,25 @@ class Completion:
     error: str | None = None
     cost_usd: float | None = None
     retryable: bool = False  # the error was an infrastructure failure (a `teacher_unavailable` reject, not final)
+    reasoning: str | None = None         # the thinking trace, when the server sent it apart from the content
+    reasoning_tokens: int | None = None  # usage.completion_tokens_details.reasoning_tokens, when given
 
 
 @dataclass(frozen=True, slots=True)
 class Parsed:
-    """What parsing one completion yields: a rationale and a label in the task's label space, or a reject."""
+    """What parsing one completion yields: a rationale and a label in the task's label space, or a reject.
+
+    For a reasoning model `reasoning` is its thinking trace and `content` what it wrote after it (the answer
+    part); `rationale` is the one the job chose (`rationale: auto | reasoning | content | both`).
+    `trace_label` is the answer the trace itself concluded with, when one can be read off its end."""
 
     rationale: str | None
     label: str | None
     reject: RejectReason | None = None
     detail: str | None = None
+    reasoning: str | None = None
+    content: str | None = None
+    trace_label: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,5 +219,9 @@ class RationaleRecord:
     tokens_out: int | None
     cost_usd: float | None
     latency_s: float | None
-    completion: str | None
+    completion: str | None                # the teacher's content: for a reasoning model, what follows the trace
     created_at: datetime
+    reasoning: str | None = None          # the teacher's thinking trace, when it had one
+    reasoning_tokens: int | None = None
+    trace_label: str | None = None        # the answer the trace itself concluded with (a contradiction shows)
+    gold_rationale: str | None = None     # the dataset's own reference solution, when it has one

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "2"  # 2: cost_usd
+SCHEMA_VERSION = "3"  # 2: cost_usd; 3: reasoning, reasoning_tokens, trace_label, gold_rationale
 _META = {b"stepwise.schema_version": SCHEMA_VERSION.encode()}
 _TS = pa.timestamp("us", tz="UTC")
 
@@ -36,6 +36,10 @@ RECORDS_SCHEMA = pa.schema(
         pa.field("latency_s", pa.float32()),
         pa.field("completion", pa.string()),
         pa.field("created_at", _TS, nullable=False),
+        pa.field("reasoning", pa.string()),
+        pa.field("reasoning_tokens", pa.int32()),
+        pa.field("trace_label", pa.string()),
+        pa.field("gold_rationale", pa.string()),
     ],
     metadata=_META,
 )
@@ -69,4 +73,4 @@ JOBS_SCHEMA = pa.schema(
 
 # Long free text compresses well but does not dictionary-encode; short repeated columns do.
 DICTIONARY_COLUMNS = ["job_id", "task", "gold_label", "label", "reject_reason", "consensus_label", "prompt_id",
-                      "prompt_hash", "teacher_backend", "teacher_model", "finish_reason"]
+                      "prompt_hash", "teacher_backend", "teacher_model", "finish_reason", "trace_label"]

@@ -6,6 +6,7 @@ downloaded); what it adds to site-packages is `stepwise` and its dist-info, and 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -23,9 +24,16 @@ DECOYS = ("pipeline", "api", "storage", "prompts")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(the fresh virtualenv's python, its site-packages) with the wheel installed."""
     folder = tmp_path_factory.mktemp("packaging")
+    source = folder / "source"  # a copy: the build writes its scratch folders beside the sources
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for name in ("stepwise", "pipeline", "prompts", "storage", "api"):
+        shutil.copytree(ROOT / name, source / name, symlinks=True,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     wheels = folder / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(wheels), str(ROOT)], check=True, capture_output=True, timeout=300)
+                    str(wheels), str(source)], check=True, capture_output=True, timeout=300)
     env_dir = folder / "venv"
     venv.EnvBuilder(with_pip=False).create(env_dir)
     python = env_dir / "bin" / "python"

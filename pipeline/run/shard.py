@@ -93,7 +93,8 @@ def _record(ctx: JobContext, created: datetime, example_id: str, sample_idx: int
         reject_detail=None, consensus_label=None, agreement=None, prompt_id=ctx.prompt.id,
         prompt_hash=ctx.prompt.hash, teacher_backend=ctx.backend.backend, teacher_model=ctx.backend.model,
         request_key=None, finish_reason=None, tokens_in=None, tokens_out=None, cost_usd=None, latency_s=None,
-        completion=None, created_at=created,
+        completion=None, reasoning=None, reasoning_tokens=None, trace_label=None, gold_rationale=None,
+        created_at=created,
     )
     base.update(kw)
     return RationaleRecord(**base)
@@ -157,7 +158,10 @@ def judge_shard(ctx: JobContext, plan: ShardPlan, completions: Sequence[Completi
                 consensus_label=v.consensus_label, agreement=v.agreement,
                 request_key=c.request_key if c else None, finish_reason=c.finish_reason if c else None,
                 tokens_in=c.tokens_in if c else None, tokens_out=c.tokens_out if c else None,
-                cost_usd=ctx.cost_of(c), latency_s=c.latency_s if c else None, completion=c.text if c else None,
+                cost_usd=ctx.cost_of(c), latency_s=c.latency_s if c else None,
+                completion=p.content if p.content is not None else (c.text if c else None),
+                reasoning=p.reasoning, reasoning_tokens=c.reasoning_tokens if c else None,
+                trace_label=p.trace_label, gold_rationale=example.gold_rationale,
             ))
     return records
 

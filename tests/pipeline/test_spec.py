@@ -96,7 +96,7 @@ RULES = [
     ("sampling_top_p_zero", {"sampling.top_p": 0}, "sampling.top_p", "greater than 0"),
     ("sampling_top_p_high", {"sampling.top_p": 1.01}, "sampling.top_p", "less than or equal to 1"),
     ("sampling_max_tokens_zero", {"sampling.max_tokens": 0}, "sampling.max_tokens", "greater than or equal to 1"),
-    ("sampling_max_tokens_huge", {"sampling.max_tokens": 131073}, "sampling.max_tokens", "less than or equal to 131072"),
+    ("sampling_max_tokens_huge", {"sampling.max_tokens": 262145}, "sampling.max_tokens", "less than or equal to 262144"),
     ("sampling_seed_text", {"sampling.seed": "lucky"}, "sampling.seed", "valid integer"),
     ("sampling_stop_too_many", {"sampling.stop": ["a", "b", "c", "d", "e"]}, "sampling.stop", "at most 4 items"),
     ("sampling_best_of", {"sampling.best_of": 3}, "sampling.best_of", "Extra inputs are not permitted"),
