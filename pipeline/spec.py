@@ -213,7 +213,10 @@ class OpenAITeacherSpec(_Teacher):
     max_concurrency: int = Field(64, ge=1, le=4096, description="requests in flight at most (adaptive below)")
     rpm: int | None = Field(None, ge=1, description="client-side requests-per-minute budget")
     tpm: int | None = Field(None, ge=1, description="client-side tokens-per-minute budget")
-    timeout_s: float = Field(120.0, gt=0, description="per-request timeout; a stalled request is retried")
+    timeout_s: float | None = Field(None, gt=0, description=(
+        "per-request timeout; a stalled request is retried. Default: 120 s plus the request's output limit "
+        "(max_completion_tokens, else max_tokens) at 20 tokens/s, so about 146 s for 512 tokens and 29 min for "
+        "32,768"))
     max_attempts: int = Field(6, ge=1, le=50, description="attempts per request for transient errors")
     supports_n: bool = Field(True, description="ask for all samples of an example in one request (n)")
     structured_output: Literal["response_format", "structured_outputs", "guided_json"] = Field(

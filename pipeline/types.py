@@ -55,6 +55,11 @@ class RejectReason(StrEnum):
     EMPTY_RATIONALE = "empty_rationale"      # an answer without any reasoning
     TOO_SHORT = "too_short"                  # rationale shorter than filters.min_rationale_chars
     TOO_LONG = "too_long"                    # rationale longer than filters.max_rationale_chars
+    TRACE_TOO_SHORT = "trace_too_short"      # thinking trace shorter than filters.min_reasoning_chars
+    TRACE_TOO_LONG = "trace_too_long"        # trace over filters.max_reasoning_chars or max_reasoning_tokens
+    REPETITION = "repetition"                # the trace loops: repeated 6-gram share over filters.max_repetition
+    LANGUAGE_MIXING = "language_mixing"      # letters outside the prompt's script over filters.max_foreign_script
+    CONTRADICTS_TRACE = "contradicts_trace"  # final answer differs from the trace's own conclusion (opt-in)
     INCORRECT = "incorrect"                  # label disagrees with the gold answer
     MINORITY = "minority"                    # label disagrees with the self-consistency majority
     DUPLICATE = "duplicate"                  # same rationale as an earlier sample of the same example

@@ -81,7 +81,8 @@ def label_hint(task: Task, example: Example) -> str:
     choices = task.label_choices(example)
     if choices:
         return "one of: " + ", ".join(choices)
-    return {"arithmetic": "a number", "exact": "a short answer"}.get(task.kind, "a short answer")
+    return {"arithmetic": "a number", "math": "a LaTeX expression", "exact": "a short answer"}.get(
+        task.kind, "a short answer")
 
 
 def _read(path: Path) -> PromptTemplate:

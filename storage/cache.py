@@ -10,6 +10,9 @@ SQLite needs a real filesystem, so for a corpus on an object store (`s3://...`) 
 folder (`storage.layout.request_cache`). On a multi-node cluster point
 `STEPWISE_CACHE_DIR` at a shared filesystem that every node mounts, or each node keeps its own cache and a shard
 retried on another node pays again for the requests it had completed.
+
+A cache file written before reasoning traces were kept gains their columns (`reasoning`, `reasoning_tokens`) when
+it is opened; its completions are served as they were, without a trace.
 """
 
 from __future__ import annotations
@@ -32,9 +35,14 @@ CREATE TABLE IF NOT EXISTS completions (
     tokens_out INTEGER,
     latency_s REAL,
     model TEXT,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    reasoning TEXT,
+    reasoning_tokens INTEGER
 )
 """
+# columns added after the first release, with their types: an older cache file gets them when it is opened
+_ADDED_COLUMNS = (("reasoning", "TEXT"), ("reasoning_tokens", "INTEGER"))
+_COLUMNS = "key, text, finish_reason, tokens_in, tokens_out, latency_s, model, created_at, reasoning, reasoning_tokens"
 
 
 def open_sqlite(target: str | Path, schema: str, what: str) -> sqlite3.Connection:
@@ -50,6 +58,29 @@ def open_sqlite(target: str | Path, schema: str, what: str) -> sqlite3.Connectio
     return db
 
 
+def _missing_columns(db: sqlite3.Connection) -> list[tuple[str, str]]:
+    have = {row[1] for row in db.execute("PRAGMA table_info(completions)")}
+    return [(name, kind) for name, kind in _ADDED_COLUMNS if name not in have]
+
+
+def _add_missing_columns(db: sqlite3.Connection, path: Path) -> None:
+    """Bring a cache file of an older schema up to date. Looked at again under the write lock, so two processes
+    opening one old file at once add each column once."""
+    try:
+        if not _missing_columns(db):
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for name, kind in _missing_columns(db):
+                db.execute(f"ALTER TABLE completions ADD COLUMN {name} {kind}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+    except sqlite3.Error as exc:
+        raise StorageError(f"cannot upgrade the request cache {path}: {exc}") from None
+
+
 class RequestCache:
     """A durable map from request key to completion. Safe to share between threads of one process and
     between processes on one machine (SQLite locking)."""
@@ -58,6 +89,7 @@ class RequestCache:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = open_sqlite(self.path, _SCHEMA, "request cache")
+        _add_missing_columns(self._db, self.path)
         self._lock = threading.Lock()
 
     @classmethod
@@ -73,9 +105,10 @@ class RequestCache:
                 chunk = keys[i:i + 500]
                 marks = ",".join("?" * len(chunk))
                 for row in self._db.execute(
-                        f"SELECT key, text, finish_reason, tokens_in, tokens_out, latency_s, model "
-                        f"FROM completions WHERE key IN ({marks})", chunk):
-                    out[row[0]] = Completion(row[0], "", 0, row[1], row[2], row[3], row[4], row[5], row[6])
+                        f"SELECT key, text, finish_reason, tokens_in, tokens_out, latency_s, model, reasoning, "
+                        f"reasoning_tokens FROM completions WHERE key IN ({marks})", chunk):
+                    out[row[0]] = Completion(row[0], "", 0, row[1], row[2], row[3], row[4], row[5], row[6],
+                                             reasoning=row[7], reasoning_tokens=row[8])
         return out
 
     def put(self, completion: Completion) -> None:
@@ -84,9 +117,10 @@ class RequestCache:
             return
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO completions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT OR REPLACE INTO completions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (completion.request_key, completion.text, completion.finish_reason, completion.tokens_in,
-                 completion.tokens_out, completion.latency_s, completion.model, time.time()))
+                 completion.tokens_out, completion.latency_s, completion.model, time.time(), completion.reasoning,
+                 completion.reasoning_tokens))
 
     def count(self) -> int:
         with self._lock:

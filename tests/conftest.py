@@ -9,7 +9,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -149,10 +149,12 @@ def sigkill_when(proc: subprocess.Popen, ready, *, what: str, timeout: float = 3
 @dataclass
 class Listener:
     """A stand-in provider on loopback (`listener` fixture): it answers every POST with a chat completion and
-    keeps each request's headers, so a test can count what reached it (a key, bookkeeping headers)."""
+    keeps each request's headers and JSON body, so a test can see what reached it (a key, bookkeeping headers,
+    the fields of the body)."""
 
     base_url: str
     seen: list[dict[str, str]]
+    bodies: list[dict] = field(default_factory=list)
 
     def carried(self, value: str) -> int:
         """How many requests carried `value` in any header."""
@@ -165,13 +167,18 @@ def start_listener() -> tuple[Listener, object]:
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     seen: list[dict[str, str]] = []
+    bodies: list[dict] = []
     answer = json.dumps({"id": "x", "object": "chat.completion", "model": "m", "choices": [
         {"index": 0, "message": {"role": "assistant", "content": "Two and two make 4. So the answer is 4."},
          "finish_reason": "stop"}], "usage": {"prompt_tokens": 5, "completion_tokens": 9}}).encode()
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802 - the http.server API
-            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            try:
+                bodies.append(json.loads(raw))
+            except ValueError:
+                bodies.append({})
             seen.append(dict(self.headers))
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -189,7 +196,7 @@ def start_listener() -> tuple[Listener, object]:
         server.shutdown()
         server.server_close()
 
-    return Listener(f"http://127.0.0.1:{server.server_address[1]}/v1", seen), stop
+    return Listener(f"http://127.0.0.1:{server.server_address[1]}/v1", seen, bodies), stop
 
 
 @pytest.fixture

@@ -97,6 +97,9 @@ def print_summary(summary: JobSummary, root: str) -> None:
         t.add_row("teacher requests sent", f"{tt['sent']:,} ({tt['retries']:,} retries, {tt['rate_limited']:,} "
                                            f"rate-limited)")
         t.add_row("samples from cache / new", f"{tt['cache_hits']:,} / {tt['completed']:,}")
+    if summary.samples_saved is not None:
+        t.add_row("saved by stop_after_accepted", f"{summary.samples_saved:,} samples, ~{summary.tokens_saved:,} "
+                                                  f"output tokens")
     t.add_row("shards run / skipped", f"{summary.shards_run} / {summary.shards_skipped}")
     for reason, n in summary.reject_reasons.items():
         t.add_row(f"  rejected: {reason}", f"{n:,}")

@@ -19,13 +19,16 @@ def cmd_sim(args: argparse.Namespace) -> int:
     api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
     if args.api_key_env and not api_key:
         raise StepwiseError(f"--api-key-env {args.api_key_env}: that environment variable is not set")
-    config = SimConfig(latency_s=args.latency, per_token_s=args.per_token, jitter_s=args.jitter,
-                       capacity=args.capacity, rpm=args.rpm, tpm=args.tpm, window_s=args.window,
-                       faults=parse_faults(args.faults),
-                       stall_s=args.stall, api_key=api_key, supports_n=not args.no_n, answers=args.answers,
-                       dataset=args.dataset, wrong_rate=args.wrong_rate, seed=args.seed,
-                       batch_delay_s=args.batch_delay, batch_fail_rate=args.batch_fail_rate,
-                       batch_expire=args.batch_expire)
+    try:
+        config = SimConfig(latency_s=args.latency, per_token_s=args.per_token, jitter_s=args.jitter,
+                           capacity=args.capacity, rpm=args.rpm, tpm=args.tpm, window_s=args.window,
+                           faults=parse_faults(args.faults),
+                           stall_s=args.stall, api_key=api_key, supports_n=not args.no_n, answers=args.answers,
+                           dataset=args.dataset, wrong_rate=args.wrong_rate, seed=args.seed,
+                           batch_delay_s=args.batch_delay, batch_fail_rate=args.batch_fail_rate,
+                           batch_expire=args.batch_expire, reasoning=args.reasoning)
+    except ValueError as exc:  # a flag out of range, an unknown fault kind or reasoning style
+        raise StepwiseError(f"stepwise sim: {exc}") from None
 
     def ready(port: int) -> None:
         if args.port_file:
@@ -107,4 +110,9 @@ def add_parsers(sub) -> None:
     sim.add_argument("--batch-delay", type=float, default=2.0, help="seconds until a batch (/v1/batches) completes")
     sim.add_argument("--batch-fail-rate", type=float, default=0.0, help="share of batch lines that fail")
     sim.add_argument("--batch-expire", action="store_true", help="the first batch expires with no output")
+    sim.add_argument("--reasoning", default="none", metavar="STYLE",
+                     help="answer like a reasoning model, a thinking trace then \\boxed{answer}; STYLE puts the "
+                          "trace in message.reasoning (field), in message.reasoning_content (reasoning_content), "
+                          "between <think> tags in the content (inline), or in the content with only </think> "
+                          "(prefilled); none (default): no trace")
     sim.set_defaults(func=cmd_sim)

@@ -6,7 +6,9 @@ The built-in ones (one row per accepted record unless said otherwise):
   dsbs          Distilling step-by-step multi-task: two rows per record,
                 `predict: <input>` -> label and `explain: <input>` -> rationale
   finetune_cot  Fine-tune-CoT: prompt `<input> ###`, completion ` <rationale> --> <label> END`
-  chat          OpenAI fine-tuning JSONL: user = input, assistant = rationale + "So the answer is <label>."
+  chat          OpenAI fine-tuning JSONL: user = input, assistant = rationale + "So the answer is <label>.";
+                with a thinking trace, the trace in `reasoning_content` and what followed it as `content`
+  chat_think    chat with the trace inline: `<think>\n<trace>\n</think>\n\n<content>` (the R1-distill format)
   parquet       columns example_id, sample_idx, input, rationale, label, gold_label, teacher_label
 
 With a split (e.g. 0.8,0.1,0.1) the output path is a folder holding train/valid/test files. Examples, not
@@ -79,13 +81,16 @@ def assign_split(example_id: str, split: tuple[float, float, float], seed: int) 
 
 def accepted_records(root: str | Path, job_id: str) -> Iterator[dict]:
     """A job's accepted records in (example_id, sample_idx) order: example_id, sample_idx, input, rationale,
-    label (the teacher's), gold_label. Shared by the exports and the trainer."""
+    label (the teacher's), gold_label, and for the chat formats reasoning (the thinking trace, None without one)
+    and completion (what the teacher wrote after it; None without a trace, so raw few-shot completions are not
+    read for nothing). Shared by the exports and the trainer."""
     con = connect(root)
     try:
         if not con.execute("SELECT count(*) FROM records WHERE job_id = ?", [job_id]).fetchone()[0]:
             raise StorageError(f"job {job_id!r} has no records in {root}")
         cur = con.execute(
-            "SELECT example_id, sample_idx, input, rationale, label, gold_label FROM records "
+            "SELECT example_id, sample_idx, input, rationale, label, gold_label, reasoning, "
+            "CASE WHEN reasoning IS NULL THEN NULL ELSE completion END AS completion FROM records "
             "WHERE job_id = ? AND accepted ORDER BY example_id, sample_idx", [job_id])
         cols = [d[0] for d in cur.description]
         while batch := cur.fetchmany(10_000):

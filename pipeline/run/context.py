@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +29,13 @@ class JobContext:
 
     @property
     def sampling(self) -> Sampling:
+        """The job's sampling as requests carry it; the mappings as canonical JSON, and only when set, so a job
+        without the reasoning fields keeps the cache keys it always had."""
         s = self.spec.sampling
-        return Sampling(s.temperature, s.top_p, s.max_tokens, s.seed, tuple(s.stop))
+        return Sampling(s.temperature, s.top_p, s.max_tokens, s.seed, tuple(s.stop),
+                        reasoning_effort=s.reasoning_effort, max_completion_tokens=s.max_completion_tokens,
+                        chat_template_kwargs=_canonical(s.chat_template_kwargs),
+                        extra_body=_canonical(s.extra_body))
 
     def cost_of(self, c: Completion | None) -> float | None:
         if c is None:
@@ -37,6 +43,11 @@ class JobContext:
         if c.cost_usd is not None:
             return c.cost_usd
         return self.spec.cost.cost(c.tokens_in, c.tokens_out) if self.spec.cost else None
+
+
+def _canonical(mapping: dict) -> str | None:
+    """A mapping as canonical JSON text (sorted keys, no spaces), or None when it is empty."""
+    return json.dumps(mapping, sort_keys=True, ensure_ascii=False, separators=(",", ":")) if mapping else None
 
 
 def load_items(spec: JobSpec) -> list[Item]:

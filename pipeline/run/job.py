@@ -74,7 +74,8 @@ def run_job(spec: JobSpec, root: str | Path | CorpusLocation, *, items: Sequence
         todo = [i for i in range(len(shards)) if i not in finished]
         # the heartbeat file (live rate, ETA, last errors for the REST service) sees every event first
         with HeartbeatWriter(corpus, job_id, inner=progress) as beat:
-            n_requests = sum(1 for i in todo for it in shards[i] if isinstance(it, Example)) * spec.sampling.n
+            per_example = spec.sampling.stop_after_accepted or spec.sampling.n  # the fewest asked for
+            n_requests = sum(1 for i in todo for it in shards[i] if isinstance(it, Example)) * per_example
             per_request = ctx.backend.backend != "replay" and spec.executor.kind == "local"
             beat.start(n_requests, len(shards), per_request)
             for i in sorted(finished & set(range(len(shards)))):
@@ -102,6 +103,8 @@ def run_job(spec: JobSpec, root: str | Path | CorpusLocation, *, items: Sequence
                                              f"their retries (teacher_unavailable records); run the job again to "
                                              f"retry exactly those")
     summary.status, summary.message, summary.teacher = status, message, executor.counters
+    if spec.sampling.stop_after_accepted:
+        summary.count_saved(spec.sampling.n)
     finished = done_shards(corpus, job_id)
     summary.shards_run = sum(1 for i in todo if i in finished)
     summary.shards_skipped = len(shards) - len(todo)

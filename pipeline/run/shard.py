@@ -16,12 +16,12 @@ from __future__ import annotations
 import concurrent.futures
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
 from stepwise.pipeline.errors import StepwiseError
-from stepwise.pipeline.parsing import parse_completion
+from stepwise.pipeline.parsing import ParseOptions, parse_completion
 from stepwise.pipeline.run.context import Item, JobContext
 from stepwise.pipeline.types import Completion, Example, RationaleRecord, RejectReason, RowReject, TeacherRequest
 from stepwise.pipeline.validate import judge_example
@@ -102,18 +102,31 @@ def _record(ctx: JobContext, created: datetime, example_id: str, sample_idx: int
 
 @dataclass
 class ShardPlan:
-    """A shard between its two halves: requests to send, and what is needed to judge the answers."""
+    """A shard between its two halves: requests to send, and what is needed to judge the answers.
+
+    With `sampling.stop_after_accepted` an example's samples are asked for in rounds: `asked` counts those asked
+    for so far (indices 0..asked-1, so a rerun asks for the same ones and finds them in the request cache), and
+    `open` holds the examples that may still need more."""
 
     records: list[RationaleRecord]                 # bad rows, already final
     ready: list[tuple[Example, str | None, str]]   # example, gold label, student input
-    requests: list[TeacherRequest]
+    requests: list[TeacherRequest]                 # the first round's
+    asked: dict[str, int] = field(default_factory=dict)
+    prompts: dict[str, tuple] = field(default_factory=dict)  # example id -> (messages, followup, schema)
+    open: set[str] = field(default_factory=set)
+
+
+def _request(ctx: JobContext, plan: ShardPlan, example_id: str, k: int) -> TeacherRequest:
+    messages, followup, schema = plan.prompts[example_id]
+    return TeacherRequest(example_id, k, messages, ctx.sampling, ctx.prompt.id, ctx.prompt.hash, ctx.backend.backend,
+                          ctx.backend.model, followup, schema, ctx.backend.endpoint)
 
 
 def plan_shard(ctx: JobContext, items: Sequence[Item]) -> ShardPlan:
-    """Bad rows become records, examples become requests."""
+    """Bad rows become records, examples become the requests of their first round (every sample, unless the job
+    stops after a number of accepted ones: then that number)."""
     created = datetime.now(UTC)
-    n = ctx.spec.sampling.n
-    sampling = ctx.sampling
+    first = ctx.spec.sampling.stop_after_accepted or ctx.spec.sampling.n
     plan = ShardPlan([], [], [])
     for item in items:
         if isinstance(item, RowReject):
@@ -133,23 +146,52 @@ def plan_shard(ctx: JobContext, items: Sequence[Item]) -> ShardPlan:
         if ctx.prompt.output == "json":
             schema = json.dumps(answer_schema(ctx.task, item), sort_keys=True)
         plan.ready.append((item, gold, ctx.task.student_input(item)))
-        for k in range(n):
-            plan.requests.append(TeacherRequest(item.id, k, messages, sampling, ctx.prompt.id, ctx.prompt.hash,
-                                                ctx.backend.backend, ctx.backend.model, followup, schema,
-                                                ctx.backend.endpoint))
+        plan.prompts[item.id] = (messages, followup, schema)
+        plan.asked[item.id] = first
+        plan.open.add(item.id)
+        plan.requests.extend(_request(ctx, plan, item.id, k) for k in range(first))
     return plan
 
 
+def _judged(ctx: JobContext, example: Example, gold: str | None, comps: Sequence[Completion | None]):
+    """The parsed samples of one example and their verdicts."""
+    options = ParseOptions.of(ctx.spec, ctx.prompt.output)
+    parsed = [parse_completion(c, example, ctx.task, options=options) for c in comps]
+    return parsed, judge_example(parsed, gold, ctx.task, ctx.spec.filters, prompt=example.input,
+                                 reasoning_tokens=[c.reasoning_tokens if c else None for c in comps])
+
+
+def next_round(ctx: JobContext, plan: ShardPlan, completions: Sequence[Completion]) -> list[TeacherRequest]:
+    """With `stop_after_accepted`: for every example still short of its quota of accepted samples, as many more
+    samples as it misses (never past `n`); none once every example has its quota or has used all `n`."""
+    quota, n = ctx.spec.sampling.stop_after_accepted, ctx.spec.sampling.n
+    if quota is None:
+        return []
+    by_id = {example.id: (example, gold) for example, gold, _ in plan.ready}
+    by_key = {(c.example_id, c.sample_idx): c for c in completions}
+    more: list[TeacherRequest] = []
+    for example_id in sorted(plan.open):
+        example, gold = by_id[example_id]
+        asked = plan.asked[example_id]
+        comps = [by_key.get((example_id, k)) for k in range(asked)]
+        _, verdicts = _judged(ctx, example, gold, comps)
+        missing = min(quota - sum(v.accepted for v in verdicts), n - asked)
+        if missing <= 0:
+            plan.open.discard(example_id)
+            continue
+        plan.asked[example_id] = asked + missing
+        more.extend(_request(ctx, plan, example_id, k) for k in range(asked, asked + missing))
+    return more
+
+
 def judge_shard(ctx: JobContext, plan: ShardPlan, completions: Sequence[Completion]) -> list[RationaleRecord]:
-    """Parse, judge and turn every sample of a planned shard into a record."""
+    """Parse, judge and turn every sample asked for into a record."""
     created = datetime.now(UTC)
-    n = ctx.spec.sampling.n
     by_key = {(c.example_id, c.sample_idx): c for c in completions}
     records = list(plan.records)
     for example, gold, student_input in plan.ready:
-        comps = [by_key.get((example.id, k)) for k in range(n)]
-        parsed = [parse_completion(c, example, ctx.task, ctx.prompt.output) for c in comps]
-        verdicts = judge_example(parsed, gold, ctx.task, ctx.spec.filters)
+        comps = [by_key.get((example.id, k)) for k in range(plan.asked[example.id])]
+        parsed, verdicts = _judged(ctx, example, gold, comps)
         for k, (c, p, v) in enumerate(zip(comps, parsed, verdicts, strict=True)):
             records.append(_record(
                 ctx, created, example.id, k, input=student_input, gold_label=gold, label=p.label,
@@ -177,9 +219,13 @@ class StartedShard:
     answers: concurrent.futures.Future
 
     def finish(self, wait: Answers = concurrent.futures.Future.result) -> ShardResult:
-        """Wait for the answers (`wait` may raise to give up, e.g. on a cancel), judge them, write the part file."""
-        records = judge_shard(self.ctx, self.plan, wait(self.answers))
-        return write_part(self.corpus, self.ctx.job_id, self.index, records)
+        """Wait for the answers (`wait` may raise to give up, e.g. on a cancel), ask for more rounds while
+        examples miss their quota of accepted samples, judge everything, write the part file."""
+        completions = list(wait(self.answers))
+        while more := next_round(self.ctx, self.plan, completions):
+            self.answers = self.ctx.backend.submit(more)
+            completions.extend(wait(self.answers))
+        return write_part(self.corpus, self.ctx.job_id, self.index, judge_shard(self.ctx, self.plan, completions))
 
 
 def start_shard(ctx: JobContext, corpus: CorpusLocation, index: int, items: Sequence[Item]) -> StartedShard | None:

@@ -34,6 +34,16 @@ class JobSummary:
     reject_reasons: dict[str, int] = field(default_factory=dict)
     teacher: dict[str, float] = field(default_factory=dict)  # live engines: sent, cache hits, retries, 429s
     message: str | None = None
+    samples_saved: int | None = None       # with stop_after_accepted: samples never asked for, against a fixed n
+    tokens_saved: int | None = None        # their output tokens, estimated at the job's mean per sample
+
+    def count_saved(self, n: int) -> None:
+        """What stopping at a quota of accepted samples saved against asking every example for `n` (bad rows,
+        one record each and no request, are left out)."""
+        bad = self.reject_reasons.get("bad_row", 0)
+        sampled = self.n_records - bad
+        self.samples_saved = max(0, n * (self.n_examples - bad) - sampled)
+        self.tokens_saved = round(self.samples_saved * self.tokens_out / sampled) if sampled else 0
 
 
 def summarize(root: str | Path | CorpusLocation, job_id: str) -> JobSummary:

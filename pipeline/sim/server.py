@@ -16,6 +16,14 @@ job. It behaves like a GPU inference server behind a rate-limited API:
 
 Answers come from a completions file (the replay format), from a labeled dataset (task-aware: it reasons to
 the gold answer, or to a wrong one at `wrong_rate`), or else a generic short chain of thought.
+
+With `reasoning` set it answers like a reasoning model: a thinking trace that works the problem, then a short
+final answer with `\boxed{label}`, and `usage.completion_tokens_details.reasoning_tokens`. The trace goes where
+servers put it (`REASONING_STYLES`): in `message.reasoning` (`field`: vLLM, OpenRouter), in
+`message.reasoning_content` (DeepSeek's API, SGLang), inline in the content between `<think>` and `</think>`
+(`inline`), or prefilled (the chat template opened the trace, so the content starts inside it and only
+`</think>` appears, as R1-Distill models answer). A truncated answer is then an unfinished trace: no closing tag
+for the inline styles, a trace with empty content for the field styles, `finish_reason: "length"` for all.
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ from aiohttp import web
 from stepwise.pipeline.sim.limits import Window, charged_tokens, text_tokens
 
 FAULTS = ("error_500", "error_503", "drop", "stall", "malformed", "truncated", "garbage")
+REASONING_STYLES = ("none", "field", "reasoning_content", "inline", "prefilled")
+_FIELD_OF = {"field": "reasoning", "reasoning_content": "reasoning_content"}  # styles that send the trace apart
 
 
 @dataclass
@@ -64,8 +74,11 @@ class SimConfig:
     batch_delay_s: float = 2.0  # a batch completes this long after it was created
     batch_fail_rate: float = 0.0  # share of batch lines that fail (error file)
     batch_expire: bool = False  # the first batch of the run expires with no output
+    reasoning: str = "none"  # answer like a reasoning model, the trace where this style puts it
 
     def __post_init__(self) -> None:
+        if self.reasoning not in REASONING_STYLES:
+            raise ValueError(f"unknown reasoning style {self.reasoning!r}; known: {', '.join(REASONING_STYLES)}")
         unknown = set(self.faults) - set(FAULTS)
         if unknown:
             raise ValueError(f"unknown fault kinds {sorted(unknown)}; known: {', '.join(FAULTS)}")
@@ -100,7 +113,8 @@ class Simulator:
         self.largest_upload = 0
         self.recorded: dict[tuple[str, int], dict] = {}
         self.gold: dict[str, str] = {}
-        self.questions: dict[str, str] = {}
+        self.questions: dict[str, str] = {}  # question text -> example id
+        self.question_of: dict[str, str] = {}  # example id -> question text
         if config.answers:
             for line in Path(config.answers).read_text(encoding="utf-8").splitlines():
                 if line.strip():
@@ -112,6 +126,7 @@ class Simulator:
                     row = json.loads(line)
                     self.gold[str(row["id"])] = str(row["answer"])
                     self.questions[str(row["question"])] = str(row["id"])
+                    self.question_of[str(row["id"])] = str(row["question"])
 
     # ── answers ──────────────────────────────────────────────────────────────────────────────────────────────
     def _example_id(self, request: web.Request, body: dict) -> str | None:
@@ -131,18 +146,20 @@ class Simulator:
                     return found
         return None
 
-    def answer(self, example_id: str | None, sample_idx: int, body: dict) -> tuple[str, str]:
-        """(text, finish_reason) for one choice."""
+    def answer(self, example_id: str | None, sample_idx: int, body: dict) -> Reply:
+        """What the model says for one choice, before the reasoning style places its trace."""
         rec = self.recorded.get((example_id, sample_idx)) if example_id else None
         if rec is not None:
-            return str(rec.get("text") or ""), str(rec.get("finish_reason") or "stop")
+            trace = rec.get("reasoning") if self.config.reasoning != "none" else None
+            return Reply(str(rec.get("text") or ""), str(trace) if trace else None,
+                         str(rec.get("finish_reason") or "stop"))
         messages = body.get("messages", [])
         if messages and "Therefore, the answer" in str(messages[-1].get("content", "")):
             # second stage of zero-shot CoT: only the answer
-            return f" {self.gold.get(example_id or '', '42')}.", "stop"
+            return Reply(f" {self.gold.get(example_id or '', '42')}.")
+        rng = random.Random(f"{self.config.seed}:{example_id}:{sample_idx}")
         if example_id in self.gold:
             gold = self.gold[example_id]
-            rng = random.Random(f"{self.config.seed}:{example_id}:{sample_idx}")
             if rng.random() < self.config.wrong_rate:
                 label = _wrong(gold, rng)
                 rationale = f"Working it through, I get {label}."
@@ -151,10 +168,47 @@ class Simulator:
                 rationale = f"{rng.choice(_OPENINGS)} it out step by step gives {gold}."
         else:
             label, rationale = "42", "Adding the numbers step by step gives 42."
-        # structured output as OpenAI (response_format) and vLLM (structured_outputs, guided_json) ask for it
-        if body.get("response_format") or body.get("structured_outputs") or body.get("guided_json"):
-            return json.dumps({"rationale": rationale, "label": label}), "stop"
-        return f"{rationale} So the answer is {label}.", "stop"
+        structured = body.get("response_format") or body.get("structured_outputs") or body.get("guided_json")
+        if self.config.reasoning == "none":
+            # structured output as OpenAI (response_format) and vLLM (structured_outputs, guided_json) ask for it
+            if structured:
+                return Reply(json.dumps({"rationale": rationale, "label": label}))
+            return Reply(f"{rationale} So the answer is {label}.")
+        trace = self._trace(example_id, label, rng)
+        if structured:
+            return Reply(json.dumps({"rationale": rationale, "label": label}), trace)
+        return Reply(f"{rationale.removesuffix('.')}, so the answer is \\boxed{{{label}}}.", trace)
+
+    def _trace(self, example_id: str | None, label: str, rng: random.Random) -> str:
+        """A reasoning model's thinking: it restates the problem, works it, checks, and concludes with `label`."""
+        question = self.question_of.get(example_id or "", "the question above")
+        steps = rng.sample(_STEPS, 2)
+        return (f"Okay, let me work through this. The problem: {question.strip()}\n\n"
+                f"{steps[0]} {steps[1]} Putting it together gives {label}.\n\n"
+                f"Wait, let me double-check that before answering. Going over each step again, I still get "
+                f"{label}. So the answer is {label}.")
+
+    def dress(self, reply: Reply, truncated: bool) -> tuple[dict[str, Any], str, int, int]:
+        """(message, finish_reason, output tokens, reasoning tokens) of one choice in the configured style; a
+        truncated choice is cut in half, and a reasoning model's is cut inside its trace."""
+        style, trace, content, finish = self.config.reasoning, reply.trace, reply.content, reply.finish
+        if trace is None:  # no trace: what every style sends is the content
+            if truncated:
+                content, finish = content[: max(1, len(content) // 2)], "length"
+            message: dict[str, Any] = {"role": "assistant", "content": content}
+            if style in _FIELD_OF:
+                message[_FIELD_OF[style]] = None
+            return message, finish, text_tokens(content), 0
+        if truncated:
+            trace, finish = trace[: max(1, len(trace) // 2)], "length"
+        if style in _FIELD_OF:
+            # cut off while thinking: vLLM sends no content at all, DeepSeek's API an empty one
+            said = None if truncated and style == "field" else ("" if truncated else content)
+            message = {"role": "assistant", "content": said, _FIELD_OF[style]: trace}
+            return message, finish, text_tokens(trace) + (text_tokens(said) if said else 0), text_tokens(trace)
+        opened = "<think>\n" if style == "inline" else ""
+        text = f"{opened}{trace}" if truncated else f"{opened}{trace}\n</think>\n\n{content}"
+        return {"role": "assistant", "content": text}, finish, text_tokens(text), text_tokens(trace)
 
     # ── limits ───────────────────────────────────────────────────────────────────────────────────────────────
     def _limit_headers(self, now: float) -> dict[str, str]:
@@ -234,16 +288,15 @@ class Simulator:
                 example_id = self._example_id(request, body)
                 idxs = [int(i) for i in request.headers.get("X-Stepwise-Sample-Idx", "").split(",") if i.strip()]
                 idxs = (idxs + list(range(len(idxs), n)))[:n] if idxs else list(range(n))
-                choices, out_tokens = [], 0
+                choices, out_tokens, thought = [], 0, 0
                 for i in range(n):
-                    text, finish = self.answer(example_id, idxs[i], body)
-                    if fault == "truncated":
-                        text, finish = text[: max(1, len(text) // 2)], "length"
-                    elif fault == "garbage":
-                        text = "".join(self.rng.choice("qwxz #%&") for _ in range(40))
-                    out_tokens += text_tokens(text)
-                    choices.append({"index": i, "message": {"role": "assistant", "content": text},
-                                    "finish_reason": finish, "logprobs": None})
+                    reply = self.answer(example_id, idxs[i], body)
+                    if fault == "garbage":
+                        reply = Reply("".join(self.rng.choice("qwxz #%&") for _ in range(40)))
+                    message, finish, choice_tokens, reasoning_tokens = self.dress(reply, fault == "truncated")
+                    out_tokens += choice_tokens
+                    thought += reasoning_tokens
+                    choices.append({"index": i, "message": message, "finish_reason": finish, "logprobs": None})
                 delay = self.config.latency_s + self.config.per_token_s * out_tokens / n
                 if self.config.jitter_s:
                     delay += self.rng.uniform(-self.config.jitter_s, self.config.jitter_s)
@@ -261,8 +314,7 @@ class Simulator:
         payload = {
             "id": f"chatcmpl-{self.rng.getrandbits(48):012x}", "object": "chat.completion",
             "created": int(time.time()), "model": body.get("model") or self.config.model, "choices": choices,
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": out_tokens,
-                      "total_tokens": prompt_tokens + out_tokens},
+            "usage": self._usage(prompt_tokens, out_tokens, thought),
         }
         for k in keys:
             self.completed[k] += 1
@@ -439,18 +491,25 @@ class Simulator:
     def _batch_answer(self, body: dict, n: int) -> dict:
         """The chat completion one batch line gets: the same answers as a chat request without our headers."""
         example_id = self._example_in(body)
-        choices, out_tokens = [], 0
+        choices, out_tokens, thought = [], 0, 0
         for i in range(n):
-            text, finish = self.answer(example_id, i, body)
-            out_tokens += text_tokens(text)
-            choices.append({"index": i, "message": {"role": "assistant", "content": text},
-                            "finish_reason": finish, "logprobs": None})
+            message, finish, choice_tokens, reasoning_tokens = self.dress(self.answer(example_id, i, body), False)
+            out_tokens += choice_tokens
+            thought += reasoning_tokens
+            choices.append({"index": i, "message": message, "finish_reason": finish, "logprobs": None})
         prompt_tokens = charged_tokens(body) - n * int(body.get("max_completion_tokens") or body.get("max_tokens")
                                                        or 256)
         return {"id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
                 "model": body.get("model") or self.config.model, "choices": choices,
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": out_tokens,
-                          "total_tokens": prompt_tokens + out_tokens}}
+                "usage": self._usage(prompt_tokens, out_tokens, thought)}
+
+    def _usage(self, prompt_tokens: int, out_tokens: int, reasoning_tokens: int) -> dict[str, Any]:
+        """OpenAI's usage object; a reasoning model's counts its trace in `completion_tokens` and apart."""
+        usage: dict[str, Any] = {"prompt_tokens": prompt_tokens, "completion_tokens": out_tokens,
+                                 "total_tokens": prompt_tokens + out_tokens}
+        if self.config.reasoning != "none":
+            usage["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
+        return usage
 
     def _draw_fault(self) -> str | None:
         r = self.rng.random()
@@ -496,6 +555,18 @@ class Simulator:
 
 _OPENINGS = ("Reading the question carefully and working", "Taking the quantities one at a time and working",
              "Writing down what is known and working", "Checking each step as I go and working")
+_STEPS = ("First I write down every quantity the problem gives.", "Then I see which of them change, and how.",
+          "I take the changes in the order they happen.", "Each step only uses what the one before it found.",
+          "Nothing in the question is left unused.", "The units stay the same throughout.")
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One choice as the model says it: its answer, its thinking trace (a reasoning model's), why it ended."""
+
+    content: str
+    trace: str | None = None
+    finish: str = "stop"
 
 
 def _jsonl(rows: list[dict]) -> bytes:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,9 @@ if TYPE_CHECKING:
     from stepwise.pipeline.spec import TaskSpec
 
 __all__ = ["TASKS", "Task", "build_task", "infer_kind", "normalize_text"]
+
+# a LaTeX command (`\frac`, `\boxed`, `\text`), a braced super- or subscript, or a `$…$` span: a math answer
+_LATEX = re.compile(r"\\[A-Za-z]{2,}|[\^_]\{|\$[^$\n]+\$")
 
 for _module in pkgutil.iter_modules(__path__):  # each module registers the kinds it defines
     importlib.import_module(f"{__name__}.{_module.name}")
@@ -37,7 +41,8 @@ def build_task(spec: TaskSpec, sample: Iterable[Example] = ()) -> Task:
 
 
 def infer_kind(examples: Iterable[Example]) -> str:
-    """Guess the task kind from gold answers: nli, yes_no, multiple_choice, arithmetic, else exact."""
+    """Guess the task kind from gold answers: nli, yes_no, multiple_choice, arithmetic (numbers, or GSM8K's
+    solutions ending `#### 18`), math (LaTeX answers or solutions with a `\\boxed{}` answer), else exact."""
     golds: list[str] = []
     with_choices = with_premise = gold_is_choice = True
     mc = MultipleChoiceTask()
@@ -64,7 +69,8 @@ def infer_kind(examples: Iterable[Example]) -> str:
         return "multiple_choice"
     try:
         for g in golds:
-            evaluate(g.replace(",", "").replace("$", ""))
+            evaluate(g.rpartition("####")[2].replace(",", "").replace("$", ""))
         return "arithmetic"
     except UnsafeExpression:
-        return "exact"
+        pass
+    return "math" if any(_LATEX.search(g) for g in golds) else "exact"

@@ -23,6 +23,7 @@ TASKS: Registry[type[Task]] = Registry("task kind")
 
 _WS = re.compile(r"\s+")
 _EDGE_PUNCT = " \t\n\"'`*.,;:!?"
+_UNMARKED_MAX_CHARS = 100  # a last line longer than this is more reasoning, not an answer
 
 
 def normalize_text(text: str) -> str:
@@ -36,6 +37,8 @@ class Task(ABC):
     kind: str = ""
     #: labels the prompt should offer and the JSON schema should enumerate; None when open-ended
     labels: tuple[str, ...] | None = None
+    #: whether `extract` reads LaTeX as it is (math); other kinds get a boxed answer as plain text
+    latex_answers: bool = False
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -61,6 +64,16 @@ class Task(ABC):
     @abstractmethod
     def extract(self, answer: str, example: Example) -> str | None:
         """Map the teacher's answer text (what follows the answer trigger) into the label space, or None."""
+
+    def unmarked_answer(self, content: str) -> str | None:
+        """The answer text of a reasoning model's content that has no answer marker. After the trace a short
+        content *is* the answer ("B", "Probably (B).", "Yes, because ..."): its last line. A long content with no
+        marker is a worked solution that never reached its answer (often cut off): None."""
+        content = content.strip()
+        if len(content) > _UNMARKED_MAX_CHARS * 3:
+            return None
+        line = content.rpartition("\n")[2].strip()
+        return line if 0 < len(line) <= _UNMARKED_MAX_CHARS else None
 
     def compare(self, label: str, gold_label: str) -> bool:
         """Whether two canonical labels are the same answer."""

@@ -15,6 +15,14 @@ from stepwise.pipeline.types import Example
 _INLINE_CHOICES = re.compile(r"answer choices\s*:\s*(.*)$", re.IGNORECASE | re.DOTALL)
 _INLINE_OPTION = re.compile(r"\(([A-Za-z])\)\s*(.*?)\s*(?=,?\s*\([A-Za-z]\)|$)", re.DOTALL)
 _LETTER_PREFIX = re.compile(r"^\(?([A-Za-z])\)(?:\s+|$)|^\(?([A-Za-z])\)?[.:]?$")
+# hedges before a single answer: "most likely E.", "probably (B)", "I think option C"
+_HEDGE = re.compile(r"(?:(?:it\s+is|it's|i\s+(?:think|believe|guess|would\s+say)|(?:most|more|very)\s+likely|"
+                    r"likely|probably|possibly|perhaps|maybe|definitely|clearly|option|choice)\b[\s:,]*)+",
+                    re.IGNORECASE)
+# a letter and then its text: "A, fishmonger.", "(C): staying home.", "B. the park", "D - gravity"
+_LETTER_LEAD = re.compile(r"\(([A-Za-z])\)\s*[:.,;\-–—]?\s*|([A-Z])(?:\)|[.:,;]|\s+[-–—])\s*")
+# another option named after the first: "(A) or (B)", "A and C"
+_OTHER_OPTION = re.compile(r"\(([A-Za-z])\)|\b(?:or|and)\s+\(?([A-Z])\b\)?")
 
 
 def letter(index: int) -> str:
@@ -71,7 +79,53 @@ class MultipleChoiceTask(Task):
         raise ValueError(f"gold {short(gold)} is neither a choice nor a choice letter")
 
     def extract(self, answer: str, example: Example) -> str | None:
+        """A letter, `(d) text`, the text alone, or one choice the answer mentions; failing those, the same after
+        a hedge ("most likely E.") or a letter followed by its text ("A, fishmonger."). An answer that names
+        several options is no answer."""
         text = answer.strip()
+        label = self._read(text, example)
+        if label is not None:
+            return label
+        hedge = _HEDGE.match(text)
+        if hedge and hedge.end() < len(text):
+            label = self._read(text[hedge.end():].strip(), example, strict=True)
+            if label is not None:
+                return label
+            text = text[hedge.end():].strip()
+        return self._letter_lead(text, example)
+
+    def _letter_lead(self, text: str, example: Example) -> str | None:
+        """`A, fishmonger.` / `(C): staying home.`: the letter's choice, or the text's when it names another."""
+        m = _LETTER_LEAD.match(text)
+        if m is None:
+            return None
+        code = (m.group(1) or m.group(2)).lower()
+        rest = text[m.end():]
+        if self._names_another(code, rest, example):
+            return None
+        choices = example.choices
+        if not choices:
+            return code.upper()
+        wanted = normalize_text(rest)
+        for c in choices:
+            if wanted and normalize_text(c) == wanted:
+                return c
+        idx = ord(code) - 97
+        return choices[idx] if 0 <= idx < len(choices) else None
+
+    @staticmethod
+    def _names_another(code: str, rest: str, example: Example) -> bool:
+        """Whether the text after a letter names another option: `(B)`, `or C`, or a lone other letter."""
+        count = len(example.choices) if example.choices else 26
+        others = {(m.group(1) or m.group(2)).lower() for m in _OTHER_OPTION.finditer(rest)}
+        lone = rest.strip().strip(".:,;()").lower()
+        if len(lone) == 1 and lone.isalpha():
+            others.add(lone)
+        return any(o != code and ord(o) - 97 < count for o in others)
+
+    def _read(self, text: str, example: Example, strict: bool = False) -> str | None:
+        """The reading of an answer before hedges were understood; `strict` refuses `(a) x or (b) y`, which
+        that reading took as (a) (kept so for the answers it always read: a corpus does not change under it)."""
         choices = example.choices
         m = _LETTER_PREFIX.match(text)
         by_letter = None
@@ -92,7 +146,7 @@ class MultipleChoiceTask(Task):
                 if normalize_text(c) == wanted:
                     return c
         if by_letter is not None:
-            return by_letter
+            return None if strict and self._names_another(code, rest, example) else by_letter
         if wanted:  # the answer text mentions exactly one choice, e.g. "a train station, because ..."
             found = {normalize_text(c) for c in choices if re.search(rf"\b{re.escape(normalize_text(c))}\b", wanted)}
             if len(found) == 1:
@@ -179,6 +233,8 @@ class CustomTask(LabelSetTask):
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _EXPR_RUN = re.compile(r"[\d.\s+\-*/()×÷^=x]*\d[\d.\s+\-*/()×÷^=x]*")
 _FIRST_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_GSM8K_MARK = "####"
+_CALCULATOR = re.compile(r"<<[^<>\n]*>>")
 
 
 def _balance(expr: str) -> str:
@@ -198,7 +254,17 @@ class ArithmeticTask(Task):
 
     kind = "arithmetic"
 
+    def prepare(self, example: Example) -> Example:
+        """GSM8K's gold is a solution ending `#### 18`: the number is the gold answer, the solution before it (its
+        calculator annotations `<<3*6=18>>` removed) the example's `gold_rationale`."""
+        if example.gold is None or _GSM8K_MARK not in example.gold:
+            return example
+        solution, _, answer = example.gold.rpartition(_GSM8K_MARK)
+        rationale = _CALCULATOR.sub("", solution).strip() or None
+        return replace(example, gold=answer.strip(), gold_rationale=example.gold_rationale or rationale)
+
     def normalize_gold(self, gold: str, example: Example) -> str:
+        gold = gold.rpartition(_GSM8K_MARK)[2]
         try:
             return canonical_number(evaluate(_THOUSANDS.sub("", gold).replace("$", "")))
         except UnsafeExpression as exc:
@@ -228,16 +294,30 @@ class ArithmeticTask(Task):
 
 # ── exact ────────────────────────────────────────────────────────────────────────────────────────────────────────
 class ExactTask(Task):
-    """Free-form answers compared as normalised strings (case, white space, quotes, edge punctuation)."""
+    """Free-form answers compared as normalised strings (case, white space, quotes, edge punctuation). With
+    `ignore_whitespace` white space inside an answer does not count either: "n a o a" is "naoa" (letter
+    concatenation tasks, where teachers space the letters out)."""
 
     kind = "exact"
 
+    def __init__(self, answer_pattern: str | None = None, ignore_whitespace: bool = False):
+        super().__init__(answer_pattern)
+        self.ignore_whitespace = ignore_whitespace
+
+    @classmethod
+    def from_spec(cls, spec) -> ExactTask:
+        return cls(spec.answer_pattern, spec.ignore_whitespace)
+
+    def _label(self, text: str) -> str:
+        label = normalize_text(text)
+        return "".join(label.split()) if self.ignore_whitespace else label
+
     def normalize_gold(self, gold: str, example: Example) -> str:
-        label = normalize_text(gold)
+        label = self._label(gold)
         if not label:
             raise ValueError("gold answer is empty")
         return label
 
     def extract(self, answer: str, example: Example) -> str | None:
-        label = normalize_text(answer.split("\n", 1)[0])
+        label = self._label(answer.split("\n", 1)[0])
         return label or None

@@ -1,4 +1,5 @@
-"""Rate limits as both sides see them: sliding windows, client-side budgets, adaptive concurrency.
+"""Rate limits as both sides see them: sliding windows, client-side budgets, adaptive concurrency; and what one
+request may cost in tokens and time, from its output limit (`max_completion_tokens`, else `max_tokens`).
 
 The simulator enforces RPM and TPM with `SlidingWindow`; the client paces itself with the same arithmetic
 (plus a small safety margin for the time a request spends on the wire), so a well-behaved client sees almost
@@ -16,6 +17,9 @@ from typing import Any
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+DEFAULT_MAX_TOKENS = 256    # the output limit assumed for a body that names none
+TIMEOUT_FLOOR_S = 120.0     # the default request timeout before any output: queueing and the prompt
+SLOW_TOKENS_PER_S = 20.0    # a slow generation rate (one sequence of many on a busy server)
 
 
 def estimate_tokens(text: str) -> int:
@@ -23,11 +27,29 @@ def estimate_tokens(text: str) -> int:
     return max(1, len(text) // 4)
 
 
+def max_output_tokens(body: Mapping[str, Any]) -> int:
+    """The most tokens one choice of a request may generate: `max_completion_tokens` (what reasoning models take;
+    it bounds trace and answer together), else `max_tokens`, else what a server assumes without either."""
+    return int(body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS)
+
+
+def output_budget(body: Mapping[str, Any]) -> int:
+    """The most output tokens a whole request may cost (n choices): what the cost cap reserves for it."""
+    return int(body.get("n") or 1) * max_output_tokens(body)
+
+
 def request_tokens(body: Mapping[str, Any]) -> int:
-    """Tokens a request may consume, as rate limiters count them: prompt estimate + n * max_tokens."""
+    """Tokens a request may consume, as rate limiters count them: prompt estimate + n * the output limit."""
     prompt = sum(estimate_tokens(str(m.get("content", ""))) for m in body.get("messages", []) if isinstance(m, dict))
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or 256
-    return prompt + int(body.get("n") or 1) * int(max_tokens)
+    return prompt + output_budget(body)
+
+
+def request_timeout_s(body: Mapping[str, Any]) -> float:
+    """The default timeout of one request: a floor for the queue and the prompt, plus its output limit generated
+    at a slow rate, so a 32k-token reasoning answer from a loaded server (~29 min) is waited for while a short
+    answer that stalls is given up and retried within minutes. The choices of a request generate side by side,
+    so one choice's limit counts, not n times it."""
+    return TIMEOUT_FLOOR_S + max_output_tokens(body) / SLOW_TOKENS_PER_S
 
 
 def parse_reset(value: str | None) -> float | None:

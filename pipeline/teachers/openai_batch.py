@@ -12,7 +12,8 @@ How one `submit(requests)` goes:
    error files are downloaded, every answer is committed to the cache at once, and only the lines that failed,
    expired or went missing go into a new batch, up to `max_attempts` batches per line; what still fails becomes
    a Completion with `error` (a `teacher_error` reject), as does a request the API refuses (a 4xx in the error
-   file), which is never sent again;
+   file), which is never sent again. Lines carry the live engine's body (`chat_body`: the reasoning fields too)
+   and answers are read by its parser (`parse_chat`), so a trace sent in its own field is kept the same way;
 4. zero-shot CoT runs as two rounds of batches: the reasoning, then the answer prompt.
 
 A failure of the Batch API itself (after a few retries of transient errors) fails the job; its batches stay
@@ -48,7 +49,7 @@ from stepwise.pipeline.errors import (
     TransientTeacherError,
 )
 from stepwise.pipeline.spec import CostSpec, OpenAIBatchTeacherSpec
-from stepwise.pipeline.teachers.limits import request_tokens
+from stepwise.pipeline.teachers.limits import output_budget, request_tokens
 from stepwise.pipeline.teachers.cost import CostMeter
 from stepwise.pipeline.teachers.keys import read_api_key
 from stepwise.pipeline.teachers.transport import ChatResponse, chat_body, choice_completions, parse_chat, raise_for_status
@@ -455,7 +456,7 @@ class OpenAIBatchBackend:
         digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()
         attempt = max(line.attempts for line in lines) + 1
         tokens = sum(request_tokens(line.body) for line in lines)
-        out_max = sum(int(line.body.get("n") or 1) * int(line.body["max_tokens"]) for line in lines)
+        out_max = sum(output_budget(line.body) for line in lines)
         reserved = self._meter("reserve", tokens - out_max, out_max)  # BudgetExhaustedError before any upload
         try:
             upload = self._api("upload a batch input file", self.client.files.create,
@@ -649,7 +650,8 @@ class OpenAIBatchBackend:
         tout = (stage1.tokens_out or 0) + (stage2.tokens_out or 0)
         combined = Completion(s.key, s.req.example_id, s.req.sample_idx, text, stage2.finish_reason, tin, tout,
                               (stage1.latency_s or 0) + (stage2.latency_s or 0), stage2.model, None,
-                              (stage1.cost_usd or 0) + (stage2.cost_usd or 0) if self.price else None)
+                              (stage1.cost_usd or 0) + (stage2.cost_usd or 0) if self.price else None,
+                              reasoning=stage1.reasoning, reasoning_tokens=stage1.reasoning_tokens)
         if self.cache is not None:
             self.cache.put(combined)
         return combined

@@ -43,7 +43,13 @@ from stepwise.pipeline.spec import CostSpec, OpenAITeacherSpec
 from stepwise.pipeline.teachers.base import ErrorBudget
 from stepwise.pipeline.teachers.cost import CostMeter
 from stepwise.pipeline.teachers.keys import read_api_key
-from stepwise.pipeline.teachers.limits import AdaptiveConcurrency, RateBudget, parse_reset, request_tokens
+from stepwise.pipeline.teachers.limits import (
+    AdaptiveConcurrency,
+    RateBudget,
+    output_budget,
+    parse_reset,
+    request_tokens,
+)
 from stepwise.pipeline.teachers.transport import (
     ChatResponse,
     ChatTransport,
@@ -258,7 +264,8 @@ class OpenAIBackend:
         tout = (stage1.tokens_out or 0) + (stage2.tokens_out or 0)
         combined = Completion(key, req.example_id, req.sample_idx, text, stage2.finish_reason, tin, tout,
                               (stage1.latency_s or 0) + (stage2.latency_s or 0), stage2.model, None,
-                              (stage1.cost_usd or 0) + (stage2.cost_usd or 0) if self.price else None)
+                              (stage1.cost_usd or 0) + (stage2.cost_usd or 0) if self.price else None,
+                              reasoning=stage1.reasoning, reasoning_tokens=stage1.reasoning_tokens)
         if self.cache is not None:
             self.cache.put(combined)
         return [combined]
@@ -294,7 +301,7 @@ class OpenAIBackend:
         if self._fatal is not None:
             raise self._fatal
         tokens = request_tokens(body)
-        out_max = int(body.get("n") or 1) * int(body["max_tokens"])
+        out_max = output_budget(body)  # max_completion_tokens when the job sets it, else max_tokens
         await self._rate.acquire(tokens)
         await self._slots.acquire()
         outcome = "error"

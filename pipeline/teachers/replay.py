@@ -1,7 +1,9 @@
 """`replay` backend: serves recorded completions instead of calling a live teacher.
 
 Accepted files: JSONL or Parquet with `example_id`, `sample_idx` (default 0), `text`, optional
-`finish_reason` and `usage` (`{"prompt_tokens": .., "completion_tokens": ..}`). A request with no recorded
+`finish_reason`, `reasoning` (a reasoning model's trace, when it was recorded apart from the text) and `usage`
+(`{"prompt_tokens": .., "completion_tokens": .., "completion_tokens_details": {"reasoning_tokens": ..}}`). The text
+is served as it was recorded: inline `<think>` tags are the parser's to split. A request with no recorded
 completion gets a Completion without text, which becomes a `missing_completion` reject.
 """
 
@@ -11,22 +13,43 @@ import json
 import concurrent.futures
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from stepwise.pipeline.errors import TeacherError
 from stepwise.pipeline.teachers.base import completed_future
 from stepwise.pipeline.types import Completion, TeacherRequest
 
-Recorded = tuple[str | None, str | None, int | None, int | None]  # text, finish_reason, tokens_in, tokens_out
+
+class Recorded(NamedTuple):
+    """One recorded completion (a plain 4-tuple of the first fields is one too)."""
+
+    text: str | None
+    finish_reason: str | None
+    tokens_in: int | None
+    tokens_out: int | None
+    reasoning: str | None = None
+    reasoning_tokens: int | None = None
 
 
-def _usage(row: Mapping[str, Any]) -> tuple[int | None, int | None]:
+_NOTHING = Recorded(None, None, None, None)
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _usage(row: Mapping[str, Any]) -> tuple[int | None, int | None, int | None]:
+    """(prompt, completion, reasoning) tokens from `usage`, else from flat `tokens_in` / `tokens_out` /
+    `reasoning_tokens` fields."""
     usage = row.get("usage") or {}
     if not isinstance(usage, dict):
         usage = {}
-    tin = usage.get("prompt_tokens", row.get("tokens_in"))
-    tout = usage.get("completion_tokens", row.get("tokens_out"))
-    return (int(tin) if isinstance(tin, int) else None, int(tout) if isinstance(tout, int) else None)
+    details = usage.get("completion_tokens_details") or {}
+    if not isinstance(details, dict):
+        details = {}
+    return (_count(usage.get("prompt_tokens", row.get("tokens_in"))),
+            _count(usage.get("completion_tokens", row.get("tokens_out"))),
+            _count(details.get("reasoning_tokens", row.get("reasoning_tokens"))))
 
 
 def _parse_row(row: Any, where: str) -> tuple[tuple[str, int], Recorded]:
@@ -40,11 +63,16 @@ def _parse_row(row: Any, where: str) -> tuple[tuple[str, int], Recorded]:
         sample_idx = 0
     if not isinstance(sample_idx, int) or sample_idx < 0:
         raise TeacherError(f"{where}: 'sample_idx' must be a non-negative integer")
-    text = row.get("text")
-    if text is not None and not isinstance(text, str):
-        raise TeacherError(f"{where}: 'text' must be a string or null")
+    text, reasoning = row.get("text"), row.get("reasoning")
+    for name, value in (("text", text), ("reasoning", reasoning)):
+        if value is not None and not isinstance(value, str):
+            raise TeacherError(f"{where}: '{name}' must be a string or null")
+    if text is None and reasoning:
+        text = ""  # a trace without an answer (cut off while thinking) is still a completion
     finish = row.get("finish_reason")
-    return (str(example_id), sample_idx), (text, finish if isinstance(finish, str) else None, *_usage(row))
+    tin, tout, thought = _usage(row)
+    return (str(example_id), sample_idx), Recorded(text, finish if isinstance(finish, str) else None, tin, tout,
+                                                   reasoning or None, thought)
 
 
 def load_recorded(path: Path) -> dict[tuple[str, int], Recorded]:
@@ -96,9 +124,10 @@ class ReplayBackend:
     def submit(self, requests: Sequence[TeacherRequest]) -> concurrent.futures.Future[list[Completion]]:
         out = []
         for req in requests:
-            text, finish, tin, tout = self.recorded.get((req.example_id, req.sample_idx), (None, None, None, None))
-            out.append(Completion(req.cache_key(), req.example_id, req.sample_idx, text, finish, tin, tout, None,
-                                  self.model))
+            rec = Recorded(*self.recorded.get((req.example_id, req.sample_idx), _NOTHING))
+            out.append(Completion(req.cache_key(), req.example_id, req.sample_idx, rec.text, rec.finish_reason,
+                                  rec.tokens_in, rec.tokens_out, None, self.model, reasoning=rec.reasoning,
+                                  reasoning_tokens=rec.reasoning_tokens))
         return completed_future(out)
 
     def close(self) -> None:

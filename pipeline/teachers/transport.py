@@ -5,6 +5,10 @@ Two clients, one contract (`chat(body, headers) -> ChatResponse`):
   at ~97 % of its limit for ~0.3 ms of CPU per request (see bench/teacher_throughput.py).
 - `OpenAISDKTransport`: the `openai` package's AsyncOpenAI over its aiohttp transport, for users who want the
   SDK's behaviour; it costs ~1.7 ms of CPU per request here, so it saturates less on small machines.
+
+Both read the raw JSON body with one parser (`parse_chat`), so what the SDK's typed objects leave out (vLLM's
+`message.reasoning`, DeepSeek's and SGLang's `message.reasoning_content`) is read the same way by either. Without a
+`timeout_s` on the teacher, each request waits as long as its own output limit needs (`request_timeout_s`).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import asyncio
 import json
 from dataclasses import dataclass
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from stepwise.pipeline.errors import (
     MalformedResponseError,
@@ -24,17 +28,27 @@ from stepwise.pipeline.errors import (
     TeacherServerError,
     TeacherTimeoutError,
 )
-from stepwise.pipeline.teachers.limits import estimate_tokens, retry_after_seconds
+from stepwise.pipeline.teachers.limits import estimate_tokens, request_timeout_s, retry_after_seconds
 from stepwise.pipeline.types import Completion, TeacherRequest
+
+
+class Choice(NamedTuple):
+    """One choice of a chat completion: the content as the server sent it (inline `<think>` tags included: the
+    parser splits those), why it ended, and the thinking trace when the server sent it in a field of its own."""
+
+    text: str | None
+    finish_reason: str | None
+    reasoning: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ChatResponse:
-    choices: list[tuple[str | None, str | None]]  # (text, finish_reason) per choice, in index order
+    choices: list[Choice]  # in index order
     tokens_in: int | None
-    tokens_out: int | None
+    tokens_out: int | None  # all output tokens, the trace's included (as OpenAI and vLLM count them)
     model: str | None
     headers: dict[str, str]
+    reasoning_tokens: int | None = None  # usage.completion_tokens_details.reasoning_tokens, when given
 
 
 class ChatTransport(Protocol):
@@ -47,11 +61,21 @@ def chat_body(model: str, req: TeacherRequest, n: int, messages: Sequence[dict[s
     """The chat completions body for `n` samples of one request, as every OpenAI-protocol backend sends it.
 
     Samples sent one request each get the seed offset by their index, so they differ; structured output goes
-    as OpenAI's `response_format`, or vLLM's `structured_outputs` / `guided_json`.
+    as OpenAI's `response_format`, or vLLM's `structured_outputs` / `guided_json`. `max_completion_tokens`, when
+    set, goes instead of `max_tokens` (hosted reasoning models refuse the latter); `chat_template_kwargs` is a
+    top-level field, as vLLM and SGLang take it; `extra_body` fields are merged in, never over a field set here.
     """
     s = req.sampling
     body: dict[str, Any] = {"model": model, "messages": list(messages if messages is not None else req.messages),
-                            "temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens}
+                            "temperature": s.temperature, "top_p": s.top_p}
+    if s.max_completion_tokens is not None:
+        body["max_completion_tokens"] = s.max_completion_tokens
+    else:
+        body["max_tokens"] = s.max_tokens
+    if s.reasoning_effort is not None:
+        body["reasoning_effort"] = s.reasoning_effort
+    if s.chat_template_kwargs is not None:
+        body["chat_template_kwargs"] = json.loads(s.chat_template_kwargs)
     if n > 1:
         body["n"] = n
     if s.seed is not None:
@@ -67,25 +91,41 @@ def chat_body(model: str, req: TeacherRequest, n: int, messages: Sequence[dict[s
         else:
             body["response_format"] = {"type": "json_schema", "json_schema": {
                 "name": "rationale_and_label", "schema": schema, "strict": True}}
+    if s.extra_body is not None:
+        for name, value in json.loads(s.extra_body).items():
+            body.setdefault(name, value)
     return body
 
 
 def choice_completions(members: Sequence[tuple[TeacherRequest, str]], resp: ChatResponse, latency: float | None,
                        model: str, price=None) -> list[Completion]:
     """One Completion per sample of a response with n choices. The prompt was paid once, so its tokens are
-    split over the samples; the output tokens by the length of each choice."""
+    split over the samples; the output tokens by the length of each choice (trace and content), the reasoning
+    tokens by the length of each trace. A trace without content (a reasoning model cut off while thinking) is an
+    answer with empty text, for the parser to judge; only a choice with neither is a failure."""
     n = len(members)
-    texts = [resp.choices[i] if i < len(resp.choices) else (None, None) for i in range(n)]
-    est = [estimate_tokens(t or "") for t, _ in texts]
+    choices = [resp.choices[i] if i < len(resp.choices) else Choice(None, None) for i in range(n)]
+    texts = [c.text if c.text is not None or c.reasoning is None else "" for c in choices]
+    est = [estimate_tokens((c.reasoning or "") + (t or "")) for c, t in zip(choices, texts, strict=True)]
     total_out = resp.tokens_out if resp.tokens_out is not None else sum(est)
+    traces = [estimate_tokens(c.reasoning) if c.reasoning else 0 for c in choices]
+    trace_weights = traces if any(traces) else est  # a hidden trace (OpenAI's): shared like the output
     out = []
-    for i, ((req, key), (text, finish)) in enumerate(zip(members, texts, strict=True)):
+    for i, ((req, key), choice, text) in enumerate(zip(members, choices, texts, strict=True)):
         tin = None if resp.tokens_in is None else resp.tokens_in // n + (resp.tokens_in % n if i == 0 else 0)
-        tout = round(total_out * est[i] / max(1, sum(est)))
-        out.append(Completion(key, req.example_id, req.sample_idx, text, finish or "stop", tin, tout, latency,
-                              resp.model or model, None if text is not None else "the teacher returned no text",
-                              price.cost(tin, tout) if price else None, retryable=text is None))
+        tout = _share(total_out, est, i)
+        thought = None if resp.reasoning_tokens is None else _share(resp.reasoning_tokens, trace_weights, i)
+        out.append(Completion(key, req.example_id, req.sample_idx, text, choice.finish_reason or "stop", tin, tout,
+                              latency, resp.model or model,
+                              None if text is not None else "the teacher returned no text",
+                              price.cost(tin, tout) if price else None, retryable=text is None,
+                              reasoning=choice.reasoning, reasoning_tokens=thought))
     return out
+
+
+def _share(total: int, weights: Sequence[int], i: int) -> int:
+    """Item i's part of `total`, split in proportion to `weights`."""
+    return round(total * weights[i] / max(1, sum(weights)))
 
 
 def _scrub(text: str, secret: str | None) -> str:
@@ -118,21 +158,32 @@ def _error_message(payload_text: str, secret: str | None) -> str:
 
 
 def parse_chat(payload: Any, headers: dict[str, str]) -> ChatResponse:
-    """Read a chat completion body; anything that is not one raises MalformedResponseError."""
+    """Read a chat completion body; anything that is not one raises MalformedResponseError.
+
+    The trace is read from `message.reasoning` (current vLLM, OpenRouter, Ollama) or `message.reasoning_content`
+    (DeepSeek's API, SGLang, older vLLM), and the reasoning tokens from `usage.completion_tokens_details`."""
     try:
         raw = payload["choices"]
-        choices: list[tuple[str | None, str | None]] = [(None, None)] * len(raw)
+        choices = [Choice(None, None)] * len(raw)
         for pos, ch in enumerate(raw):
             idx = ch.get("index", pos)
-            content = ch["message"].get("content")
-            if content is not None and not isinstance(content, str):
-                raise TypeError("message.content is not a string")
-            choices[idx] = (content, ch.get("finish_reason"))
+            message = ch["message"]
+            reasoning = _text(message, "reasoning") or _text(message, "reasoning_content") or None
+            choices[idx] = Choice(_text(message, "content"), ch.get("finish_reason"), reasoning)
         usage = payload.get("usage") or {}
+        details = usage.get("completion_tokens_details") or {}
+        thought = details.get("reasoning_tokens") if isinstance(details, dict) else None
         return ChatResponse(choices, usage.get("prompt_tokens"), usage.get("completion_tokens"),
-                            payload.get("model"), headers)
+                            payload.get("model"), headers, thought if isinstance(thought, int) else None)
     except (KeyError, TypeError, IndexError, AttributeError) as exc:
         raise MalformedResponseError(f"not a chat completion: {type(exc).__name__}: {exc}") from None
+
+
+def _text(message: dict[str, Any], name: str) -> str | None:
+    value = message.get(name)
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"message.{name} is not a string")
+    return value
 
 
 def parse_chat_text(text: str, headers: dict[str, str]) -> ChatResponse:
@@ -147,28 +198,30 @@ def parse_chat_text(text: str, headers: dict[str, str]) -> ChatResponse:
 class AiohttpTransport:
     """POST {base_url}/chat/completions with aiohttp; one session and connection pool per backend."""
 
-    def __init__(self, base_url: str, api_key: str | None, timeout_s: float, max_connections: int):
+    def __init__(self, base_url: str, api_key: str | None, timeout_s: float | None, max_connections: int):
         import aiohttp
 
         self._aiohttp = aiohttp
         self.url = f"{base_url.rstrip('/')}/chat/completions"
         self.secret = api_key
+        self.timeout_s = timeout_s
         self.headers = {"Content-Type": "application/json"}
         if api_key:
             self.headers["Authorization"] = f"Bearer {api_key}"
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=max_connections + 8),
-                                             timeout=self.timeout, headers=self.headers)
+                                             headers=self.headers)
 
     async def chat(self, body: dict[str, Any], headers: dict[str, str]) -> ChatResponse:
         aiohttp = self._aiohttp
+        seconds = self.timeout_s or request_timeout_s(body)
         try:
-            async with self.session.post(self.url, data=json.dumps(body), headers=headers) as resp:
+            async with self.session.post(self.url, data=json.dumps(body), headers=headers,
+                                         timeout=aiohttp.ClientTimeout(total=seconds)) as resp:
                 text = await resp.text()
                 got = dict(resp.headers)
                 status = resp.status
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
-            raise TeacherTimeoutError("no response within the client timeout") from None
+            raise TeacherTimeoutError(f"no response within the client timeout ({seconds:g} s)") from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             raise TeacherConnectionError(f"connection failed: {type(exc).__name__}") from None
         if status != 200:
@@ -182,27 +235,33 @@ class AiohttpTransport:
 class OpenAISDKTransport:
     """The `openai` package's AsyncOpenAI client (aiohttp transport, its own retries off: we retry)."""
 
-    def __init__(self, base_url: str, api_key: str | None, timeout_s: float, max_connections: int):
+    # the body fields `create()` takes by name; the rest (chat_template_kwargs, vLLM's structured_outputs, the
+    # job's extra_body) go through `extra_body`, which the SDK merges into the JSON as they are
+    KNOWN = frozenset({"model", "messages", "n", "temperature", "top_p", "max_tokens", "max_completion_tokens",
+                       "reasoning_effort", "seed", "stop", "response_format"})
+
+    def __init__(self, base_url: str, api_key: str | None, timeout_s: float | None, max_connections: int):
         import openai
         from openai import AsyncOpenAI, DefaultAioHttpClient
 
         self._openai = openai
         self.secret = api_key
-        self.client = AsyncOpenAI(base_url=base_url, api_key=api_key or "none", max_retries=0, timeout=timeout_s,
+        self.timeout_s = timeout_s
+        self.client = AsyncOpenAI(base_url=base_url, api_key=api_key or "none", max_retries=0,
                                   http_client=DefaultAioHttpClient())
 
     async def chat(self, body: dict[str, Any], headers: dict[str, str]) -> ChatResponse:
         openai = self._openai
-        known = {"model", "messages", "n", "temperature", "top_p", "max_tokens", "seed", "stop", "response_format"}
-        kwargs = {k: v for k, v in body.items() if k in known}
-        extra = {k: v for k, v in body.items() if k not in known}
+        kwargs = {k: v for k, v in body.items() if k in self.KNOWN}
+        extra = {k: v for k, v in body.items() if k not in self.KNOWN}
+        seconds = self.timeout_s or request_timeout_s(body)
         try:
             raw = await self.client.chat.completions.with_raw_response.create(
-                **kwargs, extra_body=extra or None, extra_headers=headers)
-            text = raw.http_response.text
+                **kwargs, extra_body=extra or None, extra_headers=headers, timeout=seconds)
+            text = raw.http_response.text  # the raw JSON: fields the SDK's types lack are parsed as well
             got = dict(raw.headers)
         except openai.APITimeoutError:
-            raise TeacherTimeoutError("no response within the client timeout") from None
+            raise TeacherTimeoutError(f"no response within the client timeout ({seconds:g} s)") from None
         except openai.APIConnectionError as exc:
             raise TeacherConnectionError(f"connection failed: {type(exc).__name__}") from None
         except openai.APIStatusError as exc:
@@ -214,7 +273,8 @@ class OpenAISDKTransport:
         await self.client.close()
 
 
-def build_transport(kind: str, base_url: str, api_key: str | None, timeout_s: float,
+def build_transport(kind: str, base_url: str, api_key: str | None, timeout_s: float | None,
                     max_connections: int) -> ChatTransport:
+    """The transport `kind` names; `timeout_s` None sizes each request's timeout by its output limit."""
     cls = OpenAISDKTransport if kind == "openai_sdk" else AiohttpTransport
     return cls(base_url, api_key, timeout_s, max_connections)

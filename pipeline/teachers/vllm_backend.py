@@ -2,10 +2,15 @@
 
 With the Ray executor each worker actor reserves the GPUs its engine needs (`num_gpus`, by default the
 tensor-parallel size) and builds one engine for the whole job; with the local executor the engine lives in
-this process. Chat templates come from the model (`LLM.chat`), sampling from `SamplingParams` (n,
-temperature, top_p, max_tokens, seed, stop), JSON-mode prompts use guided decoding
+this process. Chat templates come from the model (`LLM.chat`, with the job's `chat_template_kwargs` and its
+`reasoning_effort`, as `vllm serve` passes them to the template), sampling from `SamplingParams` (n, temperature,
+top_p, max_tokens: the job's `max_completion_tokens` when set, seed, stop, and the job's `extra_body` fields, which
+`vllm serve` also takes as sampling parameters), JSON-mode prompts use guided decoding
 (`StructuredOutputsParams(json=schema)`). Completions go to the request cache like any teacher's, so a
 resumed job does not generate them again.
+
+The offline engine runs no reasoning parser: a reasoning model's text is kept as generated, its trace inline
+(`<think>...</think>`, or opened by the chat template and only closed in the text), for the parser to split.
 
 vLLM is imported only when a job uses this backend, behind the `vllm` extra; it needs a CUDA GPU.
 """
@@ -16,13 +21,13 @@ import concurrent.futures
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from stepwise.storage.cache import RequestCache
 from stepwise.pipeline.errors import TeacherError
 from stepwise.pipeline.teachers.base import completed_future
-from stepwise.pipeline.types import Completion, TeacherRequest
+from stepwise.pipeline.types import Completion, Sampling, TeacherRequest
 
 MISSING = ("the 'vllm' teacher backend needs the vllm extra and a CUDA GPU: pip install 'stepwise-distill[vllm]' "
            "(or point backend: openai at a `vllm serve` server)")
@@ -44,6 +49,7 @@ class Call:
     sampling: dict[str, Any]          # SamplingParams keyword arguments
     schema: dict[str, Any] | None     # JSON schema for guided decoding
     members: tuple[tuple[TeacherRequest, str], ...]
+    template_kwargs: dict[str, Any] = field(default_factory=dict)  # LLM.chat's chat_template_kwargs
 
 
 def plan_calls(requests: Sequence[tuple[TeacherRequest, str]], supports_n: bool = True) -> list[Call]:
@@ -58,14 +64,24 @@ def plan_calls(requests: Sequence[tuple[TeacherRequest, str]], supports_n: bool 
             first = chunk[0][0]
             s = first.sampling
             kwargs: dict[str, Any] = {"n": len(chunk), "temperature": s.temperature, "top_p": s.top_p,
-                                      "max_tokens": s.max_tokens}
+                                      "max_tokens": s.token_budget}
             if s.seed is not None:
                 kwargs["seed"] = s.seed + first.sample_idx
             if s.stop:
                 kwargs["stop"] = list(s.stop)
+            for name, value in (json.loads(s.extra_body) if s.extra_body else {}).items():
+                kwargs.setdefault(name, value)
             schema = json.loads(first.response_schema) if first.response_schema else None
-            calls.append(Call(list(first.messages), kwargs, schema, tuple(chunk)))
+            calls.append(Call(list(first.messages), kwargs, schema, tuple(chunk), template_kwargs(s)))
     return calls
+
+
+def template_kwargs(s: Sampling) -> dict[str, Any]:
+    """What the chat template is given: the job's `chat_template_kwargs` and its `reasoning_effort`."""
+    out = json.loads(s.chat_template_kwargs) if s.chat_template_kwargs else {}
+    if s.reasoning_effort is not None:
+        out["reasoning_effort"] = s.reasoning_effort
+    return out
 
 
 def to_completions(call: Call, output: Any, model: str, latency_s: float | None) -> list[Completion]:
@@ -121,15 +137,33 @@ class VLLMBackend:
             from vllm.sampling_params import StructuredOutputsParams
 
             kwargs["structured_outputs"] = StructuredOutputsParams(json=call.schema)
-        return vllm.SamplingParams(**kwargs)
+        try:
+            return vllm.SamplingParams(**kwargs)
+        except TypeError as exc:  # an extra_body field that is no sampling parameter
+            raise TeacherError(f"sampling.extra_body: vLLM's SamplingParams refused it: {exc}") from None
+
+    def _chat(self, calls: list[Call]) -> list[Any]:
+        """One `LLM.chat` per set of chat-template arguments (it takes one set for all its conversations; a job
+        has one), outputs in call order."""
+        llm = self._engine()
+        groups: dict[str, list[int]] = {}
+        for i, call in enumerate(calls):
+            groups.setdefault(json.dumps(call.template_kwargs, sort_keys=True), []).append(i)
+        outputs: list[Any] = [None] * len(calls)
+        for members in groups.values():
+            chosen = [calls[i] for i in members]
+            options = {"chat_template_kwargs": chosen[0].template_kwargs} if chosen[0].template_kwargs else {}
+            got = llm.chat([c.conversation for c in chosen], sampling_params=[self._params(c) for c in chosen],
+                           use_tqdm=False, **options)
+            for i, output in zip(members, got, strict=True):
+                outputs[i] = output
+        return outputs
 
     def _generate(self, calls: list[Call]) -> list[Completion]:
         if not calls:
             return []
-        llm = self._engine()
         started = time.monotonic()
-        outputs = llm.chat([c.conversation for c in calls], sampling_params=[self._params(c) for c in calls],
-                           use_tqdm=False)
+        outputs = self._chat(calls)
         latency = (time.monotonic() - started) / max(1, len(calls))  # the engine batches: a mean per request
         out = []
         for call, output in zip(calls, outputs, strict=True):
@@ -179,7 +213,8 @@ class VLLMBackend:
                 combined = Completion(key, req.example_id, req.sample_idx,
                                       f"{s1.text.rstrip()}\n{req.followup} {s2.text.strip()}", s2.finish_reason,
                                       (s1.tokens_in or 0) + (s2.tokens_in or 0),
-                                      (s1.tokens_out or 0) + (s2.tokens_out or 0), None, self.model)
+                                      (s1.tokens_out or 0) + (s2.tokens_out or 0), None, self.model,
+                                      reasoning=s1.reasoning, reasoning_tokens=s1.reasoning_tokens)
                 if self.cache is not None:
                     self.cache.put(combined)
                 results[key] = combined

@@ -31,7 +31,7 @@ from stepwise.pipeline.types import Example
 REQUIRED = ("example_id", "input", "rationale", "gold_label", "teacher_label")
 # columns of the other export formats, to say what is wrong when one of them is given
 _OTHER_FORMATS = {"dsbs": {"task", "input", "target"}, "finetune_cot": {"prompt", "completion"},
-                  "chat": {"messages"}}
+                  "chat or chat_think": {"messages"}}
 
 
 @dataclass(frozen=True, slots=True)

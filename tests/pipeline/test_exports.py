@@ -355,3 +355,123 @@ def test_parse_split_accepts(text, expected):
 def test_parse_split_refuses(text):
     with pytest.raises(StepwiseError, match=r"--split"):
         parse_split(text)
+
+
+# ── reasoning teachers: records with a thinking trace ────────────────────────────────────────────────────────────
+THINK = "reasoners"
+Q1, Q2, Q3 = ("A crate holds 3 pears and a farmer adds 4 more. How many pears?",
+              "A bag holds 5 plums and 2 are eaten. How many plums are left?",
+              "A box holds 6 figs and 6 more are added. How many figs?")
+TRACE1 = "\nOkay, the crate starts with 3 pears.\nAdding 4 gives 3 + 4 = 7.\nSo 7 pears.\n"
+CONTENT1 = "\n\nThe crate holds 3 + 4 = 7 pears.\n\n**Final Answer**\n\\boxed{7}"
+TRACE2 = "Five plums, two eaten: 5 - 2 = 3."
+NO_TRACE_RATIONALE = "The box starts with 6 figs. Adding 6 more gives 12."
+
+
+def _reasoning_record(example_id: str, input: str, label: str, rationale: str | None, *, accepted: bool = True,
+                      reasoning: str | None = None, completion: str | None = None, gold: str | None = None):
+    from datetime import UTC, datetime
+
+    from stepwise.pipeline.types import RationaleRecord
+
+    return RationaleRecord(
+        job_id=THINK, example_id=example_id, sample_idx=0, task="arithmetic", input=input, gold_label=gold or label,
+        label=label, rationale=rationale, correct=True, accepted=accepted,
+        reject_reason=None if accepted else "repetition", reject_detail=None if accepted else "loops",
+        consensus_label=label, agreement=1.0, prompt_id="zero_shot_cot", prompt_hash=None, teacher_backend="replay",
+        teacher_model="r1-distill", request_key=f"k-{example_id}", finish_reason="stop", tokens_in=10,
+        tokens_out=100, cost_usd=None, latency_s=None, completion=completion, created_at=datetime.now(UTC),
+        reasoning=reasoning, reasoning_tokens=25 if reasoning else None, trace_label=label if reasoning else None)
+
+
+@pytest.fixture(scope="module")
+def reasoning_corpus(tmp_path_factory) -> Path:
+    """A corpus of records as a reasoning-model job writes them (rationale: auto, so the trace is the rationale):
+    r1 a trace and text after it, r2 a trace and no text after it, r3 a teacher without a trace, r4 rejected."""
+    from stepwise.storage import layout
+    from stepwise.storage.parquet import write_records
+
+    root = tmp_path_factory.mktemp("reasoning-exports") / "corpus"
+    records = [
+        _reasoning_record("r1", Q1, "7", TRACE1.strip(), reasoning=TRACE1, completion=CONTENT1),
+        _reasoning_record("r2", Q2, "3", TRACE2, reasoning=TRACE2, completion=""),
+        _reasoning_record("r3", Q3, "12", NO_TRACE_RATIONALE,
+                          completion=f"{NO_TRACE_RATIONALE} So the answer is 12.\n\nQ: an invented next turn"),
+        _reasoning_record("r4", Q1, "7", "x", accepted=False, reasoning="7 7 7 7 7 7 7 7", completion="7"),
+    ]
+    write_records(records, root.joinpath(*layout.part(THINK, 0)))
+    return root
+
+
+def test_accepted_records_carry_the_trace_and_what_followed_it(reasoning_corpus):
+    from stepwise.pipeline.exports import accepted_records
+
+    rows = list(accepted_records(reasoning_corpus, THINK))
+    assert [(r["example_id"], r["reasoning"], r["completion"]) for r in rows] == [
+        ("r1", TRACE1, CONTENT1), ("r2", TRACE2, ""), ("r3", None, None)]  # no raw text read without a trace
+
+
+def test_chat_puts_the_trace_in_reasoning_content(reasoning_corpus, tmp_path):
+    out = tmp_path / "chat.jsonl"
+    export_job(reasoning_corpus, THINK, "chat", out)
+    assert read_jsonl(out) == [
+        {"messages": [{"role": "user", "content": Q1},
+                      {"role": "assistant", "content": CONTENT1.strip(), "reasoning_content": TRACE1.strip()}]},
+        {"messages": [{"role": "user", "content": Q2},  # no text after the trace: the answer is said plainly
+                      {"role": "assistant", "content": "So the answer is 3.", "reasoning_content": TRACE2}]},
+        {"messages": [{"role": "user", "content": Q3},  # no trace: as before
+                      {"role": "assistant", "content": f"{NO_TRACE_RATIONALE}\nSo the answer is 12."}]},
+    ]
+
+
+def test_chat_think_writes_the_trace_inline(reasoning_corpus, tmp_path):
+    out = tmp_path / "think.jsonl"
+    summary = export_job(reasoning_corpus, THINK, "chat_think", out)
+    assert summary.records == 3 and summary.rows == {"all": 3}
+    rows = read_jsonl(out)
+    assert [r["messages"][0] for r in rows] == [{"role": "user", "content": q} for q in (Q1, Q2, Q3)]
+    assert [r["messages"][1]["content"] for r in rows] == [
+        f"<think>\n{TRACE1.strip()}\n</think>\n\n{CONTENT1.strip()}",
+        f"<think>\n{TRACE2}\n</think>\n\nSo the answer is 3.",
+        f"<think>\n\n</think>\n\n{NO_TRACE_RATIONALE}\nSo the answer is 12.",
+    ]
+    assert all(set(r["messages"][1]) == {"role", "content"} for r in rows)
+    assert rows[0]["messages"][1]["content"].count("<think>") == 1
+
+
+def test_chat_think_splits_like_the_other_formats(reasoning_corpus, tmp_path):
+    out = tmp_path / "split"
+    summary = export_job(reasoning_corpus, THINK, "chat_think", out, split=SPLIT, seed=0)
+    assert sum(summary.rows.values()) == 3
+    assert sorted(p.name for p in out.iterdir()) == ["test.jsonl", "train.jsonl", "valid.jsonl"]
+
+
+@pytest.mark.parametrize("fmt", ["finetune_cot", "dsbs", "parquet"])
+def test_rationale_formats_use_the_chosen_rationale_of_a_reasoning_record(reasoning_corpus, tmp_path, fmt):
+    out = tmp_path / f"out.{fmt}"
+    export_job(reasoning_corpus, THINK, fmt, out)
+    rows = pq.read_table(out).to_pylist() if fmt == "parquet" else read_jsonl(out)
+    rationale = {"r1": TRACE1.strip(), "r2": TRACE2, "r3": NO_TRACE_RATIONALE}  # what each record chose
+    label = {"r1": "7", "r2": "3", "r3": "12"}
+    if fmt == "finetune_cot":
+        assert [r["completion"] for r in rows] == [f" {rationale[e]} --> {label[e]} END" for e in ("r1", "r2", "r3")]
+    elif fmt == "dsbs":
+        assert [r["target"] for r in rows if r["task"] == "explain"] == [rationale[e] for e in ("r1", "r2", "r3")]
+        assert [r["target"] for r in rows if r["task"] == "predict"] == ["7", "3", "12"]
+    else:
+        assert [(r["example_id"], r["rationale"]) for r in rows] == list(rationale.items())
+    text = json.dumps(rows)
+    assert "<think>" not in text and "boxed" not in text and "invented next turn" not in text
+
+
+def test_gold_labels_do_not_rewrite_the_teachers_text_after_a_trace(tmp_path):
+    from stepwise.storage import layout
+    from stepwise.storage.parquet import write_records
+
+    root = tmp_path / "corpus"
+    write_records([_reasoning_record("r1", Q1, "8", "3 + 4 = 8?", reasoning="3 + 4 = 8?", completion="It is 8.",
+                                     gold="7")], root.joinpath(*layout.part(THINK, 0)))
+    export_job(root, THINK, "chat", tmp_path / "c.jsonl", label_source="gold")
+    export_job(root, THINK, "finetune_cot", tmp_path / "f.jsonl", label_source="gold")
+    assert read_jsonl(tmp_path / "c.jsonl")[0]["messages"][1]["content"] == "It is 8."
+    assert read_jsonl(tmp_path / "f.jsonl")[0]["completion"] == " 3 + 4 = 8? --> 7 END"

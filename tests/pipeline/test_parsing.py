@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from stepwise.pipeline.parsing import cut_follow_on, parse_completion
+from stepwise.pipeline.parsing import ParseOptions, cut_follow_on, parse_completion
 from stepwise.pipeline.spec import FilterSpec, TaskSpec
 from stepwise.pipeline.tasks import Task, build_task
 from stepwise.pipeline.types import Completion, Example, Parsed, RejectReason
@@ -492,3 +492,265 @@ def test_teacher_accuracy_on_whole_splits(dsbs_dir, name, min_accuracy, min_pars
     accuracy, parse_rate = right / len(rows), parsed / len(rows)
     assert accuracy >= min_accuracy, f"{name}: accuracy {accuracy:.5f} < {min_accuracy}"
     assert parse_rate >= min_parse_rate, f"{name}: parse rate {parse_rate:.4f} < {min_parse_rate}"
+
+
+# ── reasoning models: the answer after the trace ─────────────────────────────────────────────────────────────────
+def rparse(text, kind="arithmetic", example=PLAIN, style="auto", rationale="auto", finish="stop", reasoning=None,
+           output="cot", **kw) -> Parsed:
+    c = Completion("key", "ex", 0, text, finish, reasoning=reasoning)
+    opts = ParseOptions(output=output, reasoning=style, rationale=rationale)
+    return parse_completion(c, example, task(kind, **kw), options=opts)
+
+
+TRACE = "Two apples and two more. That makes 4, so the answer is 4."
+
+
+@pytest.mark.parametrize("style, text, reasoning", [
+    ("auto", f"<think>\n{TRACE}\n</think>\n\nWe add: 2 + 2 = 4. The answer is \\boxed{{4}}.", None),
+    ("auto", "We add: 2 + 2 = 4. The answer is \\boxed{4}.", TRACE),                       # the server's field
+    ("inline", f"<think>{TRACE}</think>We add: 2 + 2 = 4. The answer is \\boxed{{4}}.", None),
+    ("prefilled", f"{TRACE}\n</think>\n\nWe add: 2 + 2 = 4. The answer is \\boxed{{4}}.", None),
+    ("auto", f"{TRACE}\n</think>\n\nWe add: 2 + 2 = 4. The answer is \\boxed{{4}}.", None),  # auto sees prefilled
+    ("auto", f"<|channel|>analysis<|message|>{TRACE}<|end|><|start|>assistant<|channel|>final<|message|>"
+             "We add: 2 + 2 = 4. The answer is \\boxed{4}.<|return|>", None),                 # gpt-oss, raw
+])
+def test_every_style_gives_the_same_record(style, text, reasoning):
+    p = rparse(text, style=style, reasoning=reasoning)
+    assert (p.reject, p.label, p.reasoning, p.rationale, p.trace_label) == (None, "4", TRACE, TRACE, "4")
+    assert p.content == "We add: 2 + 2 = 4. The answer is \\boxed{4}."
+
+
+@pytest.mark.parametrize("style, text", [
+    ("prefilled", "Two apples... so \\boxed{4} maybe, and then"),
+    ("inline", "<think>Two apples... so the answer is 4 and then"),
+    ("auto", "<think>Two apples... so the answer is 4 and then"),
+])
+def test_an_unfinished_trace_is_truncated_and_never_mined(style, text):
+    p = rparse(text, style=style)
+    assert (p.reject, p.label, p.rationale, p.trace_label, p.content) == (R.TRUNCATED, None, None, None, "")
+    assert p.detail == "the thinking never ended (no </think>)"
+    assert p.reasoning.startswith("Two apples")
+
+
+def test_an_unfinished_harmony_trace_names_the_final_channel():
+    p = rparse("<|channel|>analysis<|message|>So the answer is 4 and")
+    assert (p.reject, p.label, p.detail) == (R.TRUNCATED, None, "the thinking never ended (no harmony's final channel)")
+
+
+def test_the_answer_is_read_after_the_trace_only():
+    p = rparse(f"<think>{TRACE}</think>Counting again, the answer is 5.")
+    assert (p.reject, p.label, p.trace_label) == (None, "5", "4")  # a contradiction is recorded, not rejected
+
+
+@pytest.mark.parametrize("choice, rationale", [
+    ("auto", TRACE),
+    ("reasoning", TRACE),
+    ("content", "We add: 2 + 2 = 4."),
+    ("both", f"{TRACE}\n\nWe add: 2 + 2 = 4."),
+])
+def test_the_job_chooses_the_rationale(choice, rationale):
+    p = rparse(f"<think>{TRACE}</think>We add: 2 + 2 = 4. So the answer is 4.", rationale=choice)
+    assert (p.reject, p.label, p.rationale) == (None, "4", rationale)
+
+
+@pytest.mark.parametrize("choice, reject, rationale", [
+    ("auto", None, TRACE),
+    ("content", R.EMPTY_RATIONALE, None),  # the content is the bare answer
+    ("both", None, TRACE),
+])
+def test_a_bare_answer_after_the_trace(choice, reject, rationale):
+    p = rparse(f"<think>{TRACE}</think>\\boxed{{4}}", rationale=choice)
+    assert (p.reject, p.label, p.rationale) == (reject, "4", rationale)
+
+
+def test_rationale_reasoning_without_a_trace_is_empty():
+    p = rparse("We add: 2 + 2 = 4. So the answer is 4.", rationale="reasoning")
+    assert (p.reject, p.label, p.rationale) == (R.EMPTY_RATIONALE, "4", None)
+
+
+def test_an_empty_trace_reads_the_content_as_before():  # Qwen3 with thinking off
+    p = rparse("<think>\n\n</think>\n\nWe add: 2 + 2 = 4. So the answer is 4.")
+    assert (p.reject, p.label, p.rationale, p.reasoning) == (None, "4", "We add: 2 + 2 = 4.", None)
+
+
+def test_a_reasoning_field_with_no_content_is_no_answer():
+    p = rparse(None, reasoning=TRACE)
+    assert (p.reject, p.label, p.reasoning, p.trace_label) == (R.NO_ANSWER, None, TRACE, "4")
+
+
+def test_length_after_a_finished_trace_is_truncated_and_keeps_the_trace():
+    p = rparse(f"<think>{TRACE}</think>So the answer is 4.", finish="length")
+    assert (p.reject, p.label, p.reasoning) == (R.TRUNCATED, "4", TRACE)
+    assert "max_tokens" in p.detail
+
+
+def test_style_none_keeps_the_tags_in_the_content():
+    p = rparse(f"<think>{TRACE}</think>We add. So the answer is 5.", style="none")
+    assert (p.reject, p.label, p.reasoning) == (None, "5", None)
+    assert p.rationale.startswith("<think>")
+
+
+def test_json_output_after_a_trace():
+    p = rparse(f'<think>{TRACE}</think>{{"rationale": "2 + 2", "label": 4}}', output="json")
+    assert (p.reject, p.label, p.rationale, p.trace_label) == (None, "4", TRACE, "4")
+
+
+def test_non_reasoning_text_keeps_its_whole_text_as_content():
+    p = rparse("We add: 2 + 2 = 4. So the answer is 4.")
+    assert (p.reasoning, p.content, p.trace_label) == (None, "We add: 2 + 2 = 4. So the answer is 4.", None)
+
+
+def test_parse_options_come_from_the_job():
+    from stepwise.pipeline.spec import parse_job
+
+    spec = parse_job({"task": "math", "prompt": "zero_shot_cot", "rationale": "both",
+                      "dataset": {"path": "d.jsonl"},
+                      "teacher": {"backend": "replay", "path": "c.jsonl", "reasoning": "prefilled",
+                                  "think_tags": ["<r>", "</r>"]}})
+    assert ParseOptions.of(spec, "json") == ParseOptions("json", "prefilled", ("<r>", "</r>"), "both")
+
+
+# ── answer forms ─────────────────────────────────────────────────────────────────────────────────────────────────
+@pytest.mark.parametrize("content, label", [
+    ("The total is \\boxed{12}.", "12"),
+    ("So \\boxed{1{,}200} dollars.", "1200"),
+    ("It is \\boxed 7 in all.", "7"),
+    ("\\fbox{9}", "9"),
+    ("First \\boxed{3}, but recounting gives \\boxed{5}.", "5"),            # the last box wins
+    ("$\\boxed{\\frac{3}{4}}$", "0.75"),                                     # nested braces
+    ("First \\boxed{3}. Then \\boxed{5", "3"),                               # an unbalanced box is skipped
+    ("First \\boxed{3}. Then \\boxed{}", "3"),                               # so is an empty one
+    ("\\boxed{\\$18.00}", "18"),
+    ("\\boxed{18 \\text{ dollars}}", "18"),
+])
+def test_boxed_answers(content, label):
+    p = rparse(f"<think>{TRACE}</think>{content}")
+    assert (p.reject, p.label) == (None, label)
+
+
+@pytest.mark.parametrize("content, label", [
+    ("We add.\n\nFinal Answer: 6", "6"),
+    ("We add.\n\n**Final Answer**\n\n6", "6"),
+    ("We add.\n\n**Final Answer:** 6", "6"),
+    ("We add.\n\n**Answer:** 6", "6"),
+    ("We add.\n\nAnswer: 6", "6"),
+    ("We add.\n\n## Final Answer\n6", "6"),
+    ("We add.\n\n### **Final Answer**\n\nShe makes **$6** a day.", "6"),
+    ("We add.\n\n**Answer: 6**", "6"),
+    ("We add.\n\nThe final answer is 6.", "6"),
+])
+def test_final_answer_headings(content, label):
+    p = rparse(f"<think>{TRACE}</think>{content}", rationale="content")
+    assert (p.reject, p.label, p.rationale) == (None, label, "We add.")
+
+
+@pytest.mark.parametrize("content, label", [
+    ('```json\n{"answer": "True"}\n```', "yes"),
+    ('{" ANSWER": "True"}', "yes"),
+    ('{"Answer": false}', "no"),
+    ('Here it is: {"final_answer": "no", "why": "cold"}', "no"),
+    ('{"Final Answer": "yes"}', "yes"),
+    ('{"reasoning": {"steps": 2}, "answer": "yes"}', "yes"),  # nested objects
+])
+def test_json_answers(content, label):
+    p = rparse(f"<think>{TRACE}</think>{content}", kind="yes_no")
+    assert (p.reject, p.label) == (None, label)
+
+
+@pytest.mark.parametrize("text, label", [
+    ("Apples fall.\n\nThe best answer is: (D)", "math problem"),
+    ("Apples fall.\n\nThe best answer is (D)", "math problem"),
+    ("Apples fall.\n\nThe best answer is: **(D)**", "math problem"),
+    ("Apples fall. So the answer is most likely E.", "gravity"),
+    ("Apples fall. So the answer is probably (b)", "coloring book"),
+    ("Apples fall. Answer: A, park.", "park"),
+    ("Apples fall. Answer: (C): garden center.", "garden center"),
+    ("Apples fall. Answer: \\boxed{\\text{(D)}}", "math problem"),
+])
+def test_multiple_choice_answer_forms(text, label):
+    p = parse(text)
+    assert (p.reject, p.label) == (None, label)
+
+
+@pytest.mark.parametrize("content, label", [
+    ("Most likely E.", "gravity"),
+    ("Probably (B).", "coloring book"),
+    ("(C): garden center.", "garden center"),
+    ("D", "math problem"),
+])
+def test_multiple_choice_content_that_is_the_answer(content, label):
+    p = rparse(f"<think>Apples fall down.</think>{content}", kind="multiple_choice", example=MC_EX)
+    assert (p.reject, p.label, p.rationale) == (None, label, "Apples fall down.")
+
+
+@pytest.mark.parametrize("text", [
+    "Apples fall. So the answer is most likely A or B.",
+    "Apples fall. So the answer is probably (a) or (b).",
+    "Apples fall. Answer: A, B.",
+    "Counting. So the answer is either (a) park or (e) gravity.",
+])
+def test_an_answer_naming_several_options_is_rejected(text):
+    assert (parse(text).reject, parse(text).label) == (R.LABEL_OUT_OF_SPACE, None)
+
+
+def test_a_long_content_with_no_marker_is_no_answer():
+    content = "We add the apples. " * 30 + "\nThen 2 + 2 = 4"
+    p = rparse(f"<think>{TRACE}</think>{content}")
+    assert (p.reject, p.label) == (R.NO_ANSWER, None)
+
+
+def test_exact_can_ignore_white_space_inside_the_answer():
+    p = rparse("<think>Last letters: n, a, o, a.</think>The answer is n a o a.", kind="exact",
+               ignore_whitespace=True)
+    t = task("exact", ignore_whitespace=True)
+    assert (p.reject, p.label) == (None, "naoa")
+    assert t.compare(p.label, t.normalize_gold("naoa", PLAIN))
+
+
+@pytest.mark.parametrize("content, gold", [
+    ("The area is $\\boxed{\\dfrac{14}{3}}$.", "\\frac{14}{3}"),
+    ("**Final Answer**\n\\[\n\\boxed{[1, 2)}\n\\]", "[1,2)"),
+    ("Therefore the answer is $x = 5$.", "5"),
+    ("So the side is $2\\sqrt{5}$ units.\n\nThat is all.", "\\sqrt{20}"),  # no marker: math-verify reads it
+])
+def test_math_answers(content, gold):
+    t = task("math")
+    p = rparse(f"<think>{TRACE}</think>{content}", kind="math")
+    assert p.reject is None and t.compare(p.label, t.normalize_gold(gold, PLAIN)), p
+
+
+def test_few_shot_math_exemplars_parse_back_to_their_answers():
+    from stepwise.pipeline.spec import PromptSpec
+    from stepwise.prompts import load_prompt
+
+    t = task("math")
+    prompt = load_prompt(PromptSpec(id="few_shot_cot"), "math")
+    for shot in prompt.exemplars:
+        p = parse_completion(comp(prompt.assistant.format_map(shot)), PLAIN, t)
+        assert p.reject is None and t.compare(p.label, t.normalize_gold(shot["answer"], PLAIN)), (shot, p)
+        assert p.rationale == shot["rationale"]
+
+
+# the shapes other reasoning models answer in (written for these tests, after their public formats)
+@pytest.mark.parametrize("kind, example, text, reasoning, style, label", [
+    # QwQ / R1-Distill served raw: the template opened the trace
+    ("arithmetic", PLAIN, "Okay, 3 boxes of 4 is 12.\n</think>\n\nThere are $3 \\times 4 = 12$ apples.\n\n"
+     "**Final Answer**\n\\boxed{12}", None, "prefilled", "12"),
+    # Qwen3 thinking mode without a reasoning parser: inline tags, a bold letter
+    ("multiple_choice", MC_EX, "<think>\nApples fall because of gravity.\n</think>\n\nThe answer is **E**.", None,
+     "auto", "gravity"),
+    # DeepSeek API / vLLM with --reasoning-parser: the trace in its own field
+    ("multiple_choice", MC_EX, "The best answer is: (E)", "Apples fall because of gravity.", "auto", "gravity"),
+    # gpt-oss through a server with no parser: harmony channels in the text
+    ("yes_no", PLAIN, "<|channel|>analysis<|message|>Ice is frozen water, it is cold.<|end|><|start|>assistant"
+     "<|channel|>final<|message|>**Yes.** Ice is cold.<|return|>", None, "auto", "yes"),
+    # a hosted model in JSON mode, its trace hidden from the content
+    ("yes_no", PLAIN, '```json\n{"Answer": "No"}\n```', "Fire is hot, so not cold.", "auto", "no"),
+    # Minerva-style math answer
+    ("math", PLAIN, "We solve $2x = 1$.\n\nFinal Answer: The final answer is $\\boxed{\\frac{1}{2}}$. "
+     "I hope it is correct.", "x is one half.", "auto", "\\frac{1}{2}"),
+])
+def test_reasoning_model_shapes(kind, example, text, reasoning, style, label):
+    p = rparse(text, kind=kind, example=example, style=style, reasoning=reasoning)
+    assert (p.reject, p.label) == (None, label)
+    assert p.reasoning and "<think>" not in p.rationale and "<|" not in p.rationale

@@ -589,3 +589,163 @@ def test_infer_kind_needs_labels(examples):
 
 def test_infer_kind_choice_text_golds_are_multiple_choice():
     assert infer_kind(_exs("math problem", "park", choices=CHOICES)) == "multiple_choice"
+
+
+# ── reasoning-model golds and answers ────────────────────────────────────────────────────────────────────────────
+@pytest.mark.parametrize("examples, kind", [
+    (_exs("Janet sells 16 - 3 = <<16-3=13>>13 eggs.\n#### 26", "It takes 2/2=<<2/2=1>>1 bolt.\n#### 3"), "arithmetic"),
+    (_exs("\\frac{14}{3}", "19", "\\text{Evelyn}", "[-2, 7]"), "math"),
+    (_exs("The sum is $2+3=\\boxed{5}$.", "So $x=\\boxed{\\frac12}$."), "math"),
+    (_exs("x^{2}+1", "3"), "math"),
+])
+def test_infer_kind_knows_gsm8k_and_latex_golds(examples, kind):
+    assert infer_kind(examples) == kind
+
+
+GSM8K_GOLD = "Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 duck eggs a day.\nShe makes 9 * 2 = $<<9*2=18>>18.\n#### 18"
+
+
+def test_gsm8k_gold_is_the_number_after_the_marks_and_the_solution_is_kept():
+    t = task("arithmetic")
+    ex = t.prepare(Example("g", "How much?", gold=GSM8K_GOLD))
+    assert t.normalize_gold(ex.gold, ex) == "18"
+    assert ex.gold_rationale == "Janet sells 16 - 3 - 4 = 9 duck eggs a day.\nShe makes 9 * 2 = $18."
+    assert t.normalize_gold(GSM8K_GOLD, PLAIN) == "18"  # also read unprepared
+    assert t.normalize_gold("#### 1,234", PLAIN) == "1234"
+
+
+def test_gsm8k_gold_without_a_number_is_a_bad_gold():
+    t = task("arithmetic")
+    with pytest.raises(ValueError, match="not a number"):
+        t.normalize_gold(t.prepare(Example("g", "q", gold="No idea.\n#### ")).gold, PLAIN)
+
+
+@pytest.mark.parametrize("gold, answer, equal", [
+    ("\\frac{1}{2}", "0.5", True),                    # fractions
+    ("\\frac{14}{3}", "\\dfrac{14}{3}", True),
+    ("\\frac{1}{3}", "0.34", False),
+    ("\\frac{\\sqrt{2}}{2}", "\\sqrt2/2", True),        # roots
+    ("2\\sqrt{5}", "\\sqrt{20}", True),
+    ("[1,2)", "[1, 2)", True),                        # intervals
+    ("[1,2)", "(1, 2)", False),
+    ("(0,9) \\cup (9,36)", "(0, 9) \\cup (9, 36)", True),
+    ("\\{1,2\\}", "\\{2,1\\}", True),                  # sets
+    ("5", "5\\text{ cm}", True),                       # units and \text{}
+    ("\\text{Evelyn}", "\\text{ Evelyn }", True),
+    ("\\text{(C)}", "C", True),
+    ("50\\%", "50", True),                            # percent
+    ("90^\\circ", "90", True),                        # degrees
+    ("1,000", "1000", True),                          # thousands separators
+    ("5", "x = 5", True),                             # x = 5
+    ("10", "9", False),
+    ("19", "19.0", True),
+    ("-\\frac{3}{4}", "-0.75", True),
+    ("y = 2x + 3", "y=2x+3", True),
+])
+def test_math_equivalence(gold, answer, equal):
+    t = task("math")
+    assert t.compare(t.extract(answer, PLAIN), t.normalize_gold(gold, PLAIN)) is equal
+
+
+@pytest.mark.parametrize("gold, label", [
+    ("\\frac{14}{3}", "\\frac{14}{3}"),
+    ("$19$", "19"),
+    ("We find $n = 4 \\cdot 5 - 1 = \\boxed{19}$.", "19"),   # a reference solution: its last box
+    ("First \\boxed{2}, then \\boxed{\\{1,2\\}}.", "\\{1,2\\}"),
+])
+def test_math_gold(gold, label):
+    assert task("math").normalize_gold(gold, PLAIN) == label
+
+
+@pytest.mark.parametrize("gold", ["", "  ", "$$", "So \\boxed{}."])
+def test_math_gold_without_an_answer_is_refused(gold):
+    with pytest.raises(ValueError):
+        task("math").normalize_gold(gold, PLAIN)
+
+
+def test_math_reference_solution_becomes_the_gold_rationale():
+    t = task("math")
+    solution = "The squares number $4n - 6 = 70$, so $n = \\boxed{19}$."
+    assert t.prepare(Example("m", "q", gold=solution)).gold_rationale == solution
+    assert t.prepare(Example("m", "q", gold="\\boxed{19}")).gold_rationale is None
+    assert t.prepare(Example("m", "q", gold="19")).gold_rationale is None
+
+
+@pytest.mark.parametrize("answer, label", [
+    ("$\\frac{1}{2}$.", "\\frac{1}{2}"),
+    ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+    ("$19$ square units", "19"),
+    ("\\[ 2\\sqrt{5} \\]", "2\\sqrt{5}"),
+    ("  ", None),
+])
+def test_math_extract(answer, label):
+    assert task("math").extract(answer, PLAIN) == label
+
+
+@pytest.mark.parametrize("answer", ["10^{10^{10}}", "9^{9^{9^{9}}}", "2^{2^{2^{2^{2^{2}}}}}"])
+def test_math_verify_is_bounded_on_hostile_answers(answer):
+    import time
+
+    start = time.perf_counter()
+    assert task("math").compare(answer, "5") is False
+    assert time.perf_counter() - start < 10
+
+
+def test_math_verify_is_bounded_off_the_main_thread(monkeypatch):
+    import threading
+
+    import stepwise.pipeline.tasks.math as math_kind
+
+    results: list[bool] = []
+
+    def judge():
+        results.append(math_kind.equivalent("\\frac{\\sqrt{2}}{2}", "\\sqrt2/2 "))  # math-verify, in the helper
+        monkeypatch.setattr(math_kind, "CALL_TIMEOUT_S", 0.5)
+        results.append(math_kind.equivalent("5", "9^{9^{9^{9}}} "))  # overruns: the helper is killed
+        monkeypatch.setattr(math_kind, "CALL_TIMEOUT_S", 10.0)
+        results.append(math_kind.equivalent("x^2", "x \\cdot x "))  # a fresh helper answers
+
+    worker = threading.Thread(target=judge)
+    worker.start()
+    worker.join(timeout=120)
+    assert results == [True, False, True]
+
+
+@pytest.mark.parametrize("answer, expected", [
+    ("most likely E.", "gravity"),
+    ("probably (B)", "coloring book"),
+    ("I think option C", "garden center"),
+    ("A, park.", "park"),
+    ("(C): garden center.", "garden center"),
+    ("B. coloring book", "coloring book"),
+    ("A, gravity", "gravity"),       # the text names another choice: the text wins, as with "(a) gravity"
+    ("most likely A or B", None),
+    ("probably (a) or (b)", None),
+    ("A, B.", None),
+    ("C and D", None),
+])
+def test_multiple_choice_hedges_and_letters_with_text(answer, expected):
+    assert task("multiple_choice").extract(answer, MC_EX) == expected
+
+
+@pytest.mark.parametrize("answer, expected", [("most likely E.", "E"), ("A, fishmonger.", "A"), ("A or B", None)])
+def test_multiple_choice_hedges_without_choices_give_letters(answer, expected):
+    assert task("multiple_choice").extract(answer, NO_CHOICES) == expected
+
+
+@pytest.mark.parametrize("gold, answer, equal", [
+    ("naoa", "n a o a", True),
+    ("naoa", "N A O A.", True),
+    ("naoa", "n a o", False),
+])
+def test_exact_ignore_whitespace(gold, answer, equal):
+    t = task("exact", ignore_whitespace=True)
+    assert t.compare(t.extract(answer, PLAIN), t.normalize_gold(gold, PLAIN)) is equal
+    assert task("exact").compare(task("exact").extract(answer, PLAIN), gold) is (answer == gold)
+
+
+def test_build_task_math():
+    from stepwise.pipeline.tasks.math import MathTask
+
+    t = task("math")
+    assert type(t) is MathTask and t.kind == "math" and t.latex_answers

@@ -450,6 +450,29 @@ def test_the_sdk_transport_retries_429s(start_sim, open_backend):
     assert stats["completed_more_than_once"] == 0
 
 
+@pytest.mark.parametrize("transport", ["aiohttp", "openai_sdk"])
+@pytest.mark.parametrize("style", ["field", "reasoning_content"])
+def test_a_trace_in_its_own_field_is_captured_and_cached_by_either_transport(start_sim, open_backend, tmp_path,
+                                                                             transport, style):
+    """`message.reasoning` (vLLM) and `message.reasoning_content` (DeepSeek): the SDK's typed objects lack both,
+    so either transport reads them from the raw body."""
+    sim = start_sim(*FAST, "--dataset", str(dataset(tmp_path, 3)), "--wrong-rate", "0", "--reasoning", style)
+    reqs = make_requests(3, 2)
+    out = open_backend(sim, transport=transport).complete(reqs)
+    assert_in_request_order(reqs, out)
+    for c in out:
+        g = gold(int(c.example_id[2:]))
+        assert c.text.endswith(f"so the answer is \\boxed{{{g}}}.") and "think>" not in c.text  # the content
+        assert c.reasoning.startswith("Okay, let me work through this. The problem: Mia has")
+        assert c.reasoning.endswith(f"So the answer is {g}.")
+        assert c.reasoning_tokens == estimate_tokens(c.reasoning)  # n=2: split by the length of each trace
+    assert sim.stats()["statuses"] == {"200": 3}
+    again = open_backend(sim, transport=transport).complete(reqs)  # the same cache: nothing sent
+    assert sim.stats()["statuses"] == {"200": 3}
+    assert [(c.text, c.reasoning, c.reasoning_tokens) for c in again] == \
+        [(c.text, c.reasoning, c.reasoning_tokens) for c in out]
+
+
 # ── client-side budgets ─────────────────────────────────────────────────────────────────────────────────────────
 
 

@@ -25,6 +25,7 @@ from stepwise.pipeline.errors import RequestRejectedError, TeacherAuthError
 from stepwise.pipeline.spec import JobSpec, OpenAIBatchTeacherSpec, parse_job
 from stepwise.pipeline.teachers import build_backend
 from stepwise.pipeline.teachers.openai_batch import BatchLedger, OpenAIBatchBackend
+from stepwise.pipeline.teachers.limits import estimate_tokens
 from stepwise.pipeline.teachers.transport import chat_body
 from stepwise.pipeline.types import Completion, Sampling, TeacherRequest
 from stepwise.storage.catalog import query
@@ -133,6 +134,27 @@ def test_a_batch_answers_in_request_order_is_cached_and_a_second_backend_sends_n
     assert sorted(seen) == sorted((r.cache_key(), True) for r in reqs)
     assert_in_request_order(reqs, second)
     assert [(c.text, c.tokens_in, c.tokens_out) for c in second] == [(c.text, c.tokens_in, c.tokens_out) for c in out]
+
+
+def test_a_batch_keeps_a_trace_sent_in_its_own_field_and_sends_the_reasoning_fields(start_sim, open_backend,
+                                                                                     tmp_path):
+    sim = start_sim(*QUICK, "--dataset", str(dataset(tmp_path, 3)), "--wrong-rate", "0", "--reasoning", "field")
+    sampling = Sampling(max_tokens=64, max_completion_tokens=4096, reasoning_effort="high",
+                        chat_template_kwargs=json.dumps({"enable_thinking": True}))
+    reqs = [TeacherRequest(r.example_id, r.sample_idx, r.messages, sampling, r.prompt_id, r.prompt_hash, r.backend,
+                           r.model) for r in make_requests(3, 2)]
+    out = open_backend(sim).complete(reqs)
+    for c in out:
+        g = gold(int(c.example_id[2:]))
+        assert c.text.endswith(f"so the answer is \\boxed{{{g}}}.") and c.reasoning.endswith(f"So the answer is {g}.")
+        assert c.reasoning.startswith("Okay, let me work through this. The problem: Noor bakes")
+        assert c.reasoning_tokens == estimate_tokens(c.reasoning)
+    line = chat_body(MODEL, reqs[0], 2)  # what each line's body is
+    assert (line["max_completion_tokens"], line["reasoning_effort"], line["chat_template_kwargs"]) == \
+        (4096, "high", {"enable_thinking": True}) and "max_tokens" not in line
+    again = open_backend(sim).complete(reqs)  # from the cache, the trace with it
+    assert sim.stats()["batches_created"] == 1
+    assert [(c.reasoning, c.reasoning_tokens) for c in again] == [(c.reasoning, c.reasoning_tokens) for c in out]
 
 
 def test_without_n_every_sample_is_its_own_line_keyed_by_its_cache_key(start_sim, open_backend):

@@ -20,7 +20,7 @@ from stepwise.pipeline.errors import (
 )
 from stepwise.pipeline.spec import OpenAITeacherSpec
 from stepwise.pipeline.teachers.openai_compat import OpenAIBackend
-from stepwise.pipeline.teachers.transport import ChatResponse
+from stepwise.pipeline.teachers.transport import ChatResponse, Choice
 from stepwise.pipeline.types import Sampling, TeacherRequest
 
 
@@ -40,7 +40,7 @@ class ScriptedTransport:
         if isinstance(outcome, Exception):
             raise outcome
         n = int(body.get("n") or 1)
-        return ChatResponse([(outcome, "stop")] * n, 12, 7 * n, "m", {})
+        return ChatResponse([Choice(outcome, "stop")] * n, 12, 7 * n, "m", {})
 
     async def close(self) -> None:
         pass

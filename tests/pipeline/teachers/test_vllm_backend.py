@@ -44,13 +44,18 @@ class FakeEngine:
 
     init: dict
     calls: list = field(default_factory=list)
+    template_kwargs: list = field(default_factory=list)  # chat_template_kwargs of each call (None: not given)
 
-    def chat(self, conversations, sampling_params, use_tqdm=False):
+    def chat(self, conversations, sampling_params, use_tqdm=False, chat_template_kwargs=None):
         self.calls.append((conversations, sampling_params))
+        self.template_kwargs.append(chat_template_kwargs)
         results = []
         for conv, params in zip(conversations, sampling_params, strict=True):
             last = conv[-1]["content"]
-            if last.startswith("Therefore"):
+            if (chat_template_kwargs or {}).get("enable_thinking"):  # a reasoning model: the trace inline
+                outs = [_Out(f"<think>\nThree and four, sample {i}: seven.\n</think>\n\nThe answer is \\boxed{{7}}.",
+                             "stop", [1] * 20) for i in range(params.kwargs["n"])]
+            elif last.startswith("Therefore"):
                 outs = [_Out(" 7.", "stop", [1, 2])]
             elif params.kwargs.get("structured_outputs") is not None:
                 outs = [_Out(json.dumps({"rationale": "Three and four make seven.", "label": "7"}), "stop", [1] * 9)]
@@ -158,3 +163,25 @@ def test_a_job_on_the_vllm_backend_produces_records(fake_vllm, tmp_path):
     assert len(fake_vllm) == 1 and len(fake_vllm[0].calls) == 2  # one engine, one call per shard
     rows = query(tmp_path / "corpus", "SELECT DISTINCT teacher_backend, teacher_model FROM records").table.to_pylist()
     assert rows == [{"teacher_backend": "vllm", "teacher_model": "/models/tiny-teacher"}]
+
+
+def test_reasoning_fields_reach_the_engine_and_the_trace_is_kept_as_generated(fake_vllm, tmp_path):
+    sampling = Sampling(temperature=0.6, max_tokens=100, max_completion_tokens=8192, reasoning_effort="high",
+                        chat_template_kwargs=json.dumps({"enable_thinking": True}),
+                        extra_body=json.dumps({"top_k": 20, "min_p": 0.0}))
+    messages = [({"role": "user", "content": f"What is 3 + 4 (case {i})?"},) for i in range(2)]  # one per example
+    reqs = [TeacherRequest(f"e{i}", k, messages[i], sampling, "p", None, "vllm", "/models/tiny-teacher")
+            for i in range(2) for k in range(2)]
+    out = build_backend(spec(), corpus=tmp_path).complete(reqs)
+    (engine,) = fake_vllm
+    assert engine.template_kwargs == [{"enable_thinking": True, "reasoning_effort": "high"}]  # as vllm serve does
+    params = engine.calls[0][1][0].kwargs
+    assert params["max_tokens"] == 8192  # the completion budget bounds trace and answer
+    assert (params["top_k"], params["min_p"]) == (20, 0.0)  # extra_body: vLLM's own sampling parameters
+    for c in out:  # the offline engine runs no reasoning parser: the text as generated, the parser splits it
+        trace = f"Three and four, sample {c.sample_idx}: seven."
+        assert c.text == f"<think>\n{trace}\n</think>\n\nThe answer is \\boxed{{7}}."
+        assert c.reasoning is None
+
+    build_backend(spec(), corpus=tmp_path).complete(requests(1, 1))  # a job without them: no template arguments
+    assert fake_vllm[1].template_kwargs == [None]

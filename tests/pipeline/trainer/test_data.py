@@ -46,7 +46,7 @@ def test_parquet_and_jsonl_exports_read_the_same(tmp_path: Path):
 @pytest.mark.parametrize(("row", "fmt"), [
     ({"example_id": "a", "sample_idx": 0, "task": "predict", "input": "predict: q", "target": "1"}, "dsbs"),
     ({"example_id": "a", "sample_idx": 0, "prompt": "q ###", "completion": " r --> 1 END"}, "finetune_cot"),
-    ({"messages": [{"role": "user", "content": "q"}]}, "chat"),
+    ({"messages": [{"role": "user", "content": "q"}]}, "chat or chat_think"),
 ])
 def test_other_export_formats_are_refused_with_the_reason(tmp_path: Path, row: dict, fmt: str):
     with pytest.raises(DatasetError, match=f"looks like a `{fmt}` export.*--format parquet"):
