@@ -32,6 +32,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/parse_throughput.py
+	$(BIN)/python bench/reasoning_parse.py
 	$(BIN)/python bench/write_throughput.py
 	$(BIN)/python bench/dsbs_accuracy.py
 	$(BIN)/python bench/teacher_throughput.py

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from stepwise.pipeline.datasets import check_fields, check_gold, read_examples
+from stepwise.pipeline.parsing import ParseOptions
 from stepwise.pipeline.spec import JobSpec
 from stepwise.pipeline.tasks import Task, build_task
 from stepwise.pipeline.teachers import TeacherBackend, build_backend
@@ -26,6 +28,11 @@ class JobContext:
     task: Task
     prompt: PromptTemplate
     backend: TeacherBackend
+
+    @cached_property
+    def parsing(self) -> ParseOptions:
+        """How the job's completions are read (output format, trace style and tags, the student's rationale)."""
+        return ParseOptions.of(self.spec, self.prompt.output)
 
     @property
     def sampling(self) -> Sampling:

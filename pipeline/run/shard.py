@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from stepwise.pipeline.errors import StepwiseError
-from stepwise.pipeline.parsing import ParseOptions, parse_completion
+from stepwise.pipeline.parsing import parse_completion
 from stepwise.pipeline.run.context import Item, JobContext
 from stepwise.pipeline.types import Completion, Example, RationaleRecord, RejectReason, RowReject, TeacherRequest
 from stepwise.pipeline.validate import judge_example
@@ -155,8 +155,7 @@ def plan_shard(ctx: JobContext, items: Sequence[Item]) -> ShardPlan:
 
 def _judged(ctx: JobContext, example: Example, gold: str | None, comps: Sequence[Completion | None]):
     """The parsed samples of one example and their verdicts."""
-    options = ParseOptions.of(ctx.spec, ctx.prompt.output)
-    parsed = [parse_completion(c, example, ctx.task, options=options) for c in comps]
+    parsed = [parse_completion(c, example, ctx.task, options=ctx.parsing) for c in comps]
     return parsed, judge_example(parsed, gold, ctx.task, ctx.spec.filters, prompt=example.input,
                                  reasoning_tokens=[c.reasoning_tokens if c else None for c in comps])
 
