@@ -13,7 +13,7 @@ from fastapi import Depends, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from stepwise.api.auth import check_bearer
+from stepwise.api.auth import ADMITTED, check_bearer
 from stepwise.pipeline.service import JobService
 from stepwise.pipeline.types import JOB_ID_PATTERN
 from stepwise.storage.location import CorpusLocation
@@ -40,6 +40,8 @@ async def require_token(request: Request,
     """Every endpoint but /healthz: `Authorization: Bearer <STEPWISE_API_TOKEN>` (`api.auth`). Without a
     configured token the server listens on loopback only (see `stepwise serve`) and lets local callers in."""
     del credentials  # declared for OpenAPI's security scheme; the header is read as TokenGate reads it
+    if getattr(request.state, ADMITTED, False):  # TokenGate let it in: a bearer header, or a session
+        return
     check_bearer(request.app.state.token, request.headers.get("authorization"))
 
 

@@ -3,6 +3,7 @@
     JobSpecError, DatasetError, PromptError, TaskError, a bad request   422  (the field named when known)
     QueryError (QueryRefusedError included)                              400
     AuthError                                                            401
+    CsrfError (a signed-in browser's state change, unchecked)            403
     UploadError (a bad name)                                             422
     JobNotFoundError, an unknown route                                   404
     JobConflictError, JobStateError, UploadExistsError                   409
@@ -23,6 +24,7 @@ from starlette.routing import Match
 from stepwise.api.schemas import ErrorBody, ErrorDetail
 from stepwise.pipeline.errors import (
     AuthError,
+    CsrfError,
     DatasetError,
     JobConflictError,
     JobNotFoundError,
@@ -42,8 +44,8 @@ log = logging.getLogger("stepwise.api")
 
 _STATUS: list[tuple[type[Exception], int]] = [  # first match wins: subclasses before their bases
     (JobSpecError, 422), (DatasetError, 422), (PromptError, 422), (TaskError, 422),
-    (QueryError, 400), (AuthError, 401), (JobNotFoundError, 404), (JobConflictError, 409), (JobStateError, 409),
-    (UploadExistsError, 409), (UploadTooLargeError, 413), (UploadError, 422),
+    (QueryError, 400), (AuthError, 401), (CsrfError, 403), (JobNotFoundError, 404), (JobConflictError, 409),
+    (JobStateError, 409), (UploadExistsError, 409), (UploadTooLargeError, 413), (UploadError, 422),
 ]
 
 # the error models every route may answer with; routes add theirs to these

@@ -4,6 +4,7 @@ HTTP and a job file are checked by the same rules."""
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -120,11 +121,85 @@ class JobList(BaseModel):
     offset: int
 
 
+class RecordSort(StrEnum):
+    """What a records page can be sorted by (`*_chars`: the length of that text)."""
+
+    EXAMPLE_ID = "example_id"
+    SAMPLE_IDX = "sample_idx"
+    LABEL = "label"
+    GOLD_LABEL = "gold_label"
+    AGREEMENT = "agreement"
+    REJECT_REASON = "reject_reason"
+    TOKENS_IN = "tokens_in"
+    TOKENS_OUT = "tokens_out"
+    COST_USD = "cost_usd"
+    LATENCY_S = "latency_s"
+    CREATED_AT = "created_at"
+    RATIONALE_CHARS = "rationale_chars"
+    REASONING_CHARS = "reasoning_chars"
+
+
 class RecordPage(BaseModel):
-    items: list[dict[str, Any]] = Field(description="rows of the `records` view")
-    total: int
+    items: list[dict[str, Any]] = Field(description="rows of the `records` view; with `brief`, `input`, `rationale`, "
+                                                    "`completion`, `reasoning` and `gold_rationale` cut to their "
+                                                    "first 280 characters and an ellipsis, and `rationale_chars`, "
+                                                    "`reasoning_chars` and `completion_chars` added (their lengths)")
+    total: int = Field(description="records matching the filters, before paging")
     limit: int
     offset: int
+
+
+class ChatMessage(BaseModel):
+    role: str
+    content: str
+
+
+class ExampleSample(BaseModel):
+    """One sample of an example: its record, texts whole."""
+
+    sample_idx: int
+    label: str | None
+    correct: bool | None
+    accepted: bool
+    reject_reason: str | None
+    reject_detail: str | None
+    rationale: str | None
+    reasoning: str | None = Field(description="the teacher's thinking trace, when it had one")
+    completion: str | None = Field(description="the raw completion (after the thinking trace, when there is one)")
+    answer_span: tuple[int, int] | None = Field(
+        description="[start, end) of the extracted answer inside `completion`, in characters (code points), as the "
+                    "parser reads it; null when there is none or its text is not in the completion verbatim")
+    trace_label: str | None = Field(description="the answer the thinking trace itself concluded with")
+    finish_reason: str | None
+    tokens_in: int | None
+    tokens_out: int | None
+    reasoning_tokens: int | None
+    cost_usd: float | None
+    latency_s: float | None
+    teacher_model: str
+    request_key: str | None
+    created_at: datetime
+
+
+class ExampleView(BaseModel):
+    """One example of a job: its input and gold, the prompt, and every sample side by side."""
+
+    job_id: str
+    example_id: str
+    task: str
+    input: str | None = Field(description="the student-facing input, as the record stores it")
+    gold_label: str | None
+    gold_rationale: str | None
+    consensus_label: str | None = Field(description="the majority label across the samples")
+    agreement: float | None = Field(description="share of the samples that gave the consensus label")
+    prompt_id: str
+    prompt_hash: str | None
+    prompt: list[ChatMessage] | None = Field(
+        description="the chat messages the job's prompt template renders for this example, rendered again from the "
+                    "record (its input and gold label): a template that uses other fields of the dataset row (e.g. "
+                    "premise, hypothesis) may differ from what was sent; null when it cannot be rendered (the "
+                    "template is gone or changed since the job ran)")
+    samples: list[ExampleSample] = Field(description="every record of the example, in sample order")
 
 
 class QueryRequest(BaseModel):

@@ -22,7 +22,8 @@ import itertools
 import json
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from dataclasses import replace
+from collections.abc import Callable, Iterable, Iterator
 from json.encoder import encode_basestring  # type: ignore[attr-defined]  # json.dumps' own, in C
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,12 +33,17 @@ import ijson
 from stepwise.pipeline.errors import DatasetError, JobSpecError, StepwiseError, short
 from stepwise.pipeline.spec import DatasetSpec
 from stepwise.pipeline.types import Example, RowReject
+from stepwise.storage.id_index import IdIndex
 
 if TYPE_CHECKING:
     from stepwise.pipeline.tasks import Task
 
 Row = dict[str, Any]
 RawItem = tuple[int, Row | None, str | None, int]  # (row index, row, problem, size in bytes)
+Skip = Callable[[int], bool] | None  # rows a reader need not decode (those of finished shards)
+Item = Example | RowReject
+SKIPPED = "skipped"  # the problem of a row that was not decoded: it belongs to a finished shard
+BATCH_ROWS = 1000  # rows whose ids are resolved together
 
 MAX_NESTING = 100   # levels of objects and lists in one row: real rows use a handful
 SAMPLE_ROWS = 1000  # rows that check_fields and check_gold look at (the reader will stream: never all of them)
@@ -138,7 +144,7 @@ def _value_problem(row: Any) -> str | None:
     return None
 
 
-def _read_jsonl(path: Path, max_bytes: int) -> Iterator[RawItem]:
+def _read_jsonl(path: Path, max_bytes: int, skip: Skip = None) -> Iterator[RawItem]:
     with path.open("rb") as fh:
         index = -1
         for lineno, line in enumerate(fh):
@@ -148,6 +154,9 @@ def _read_jsonl(path: Path, max_bytes: int) -> Iterator[RawItem]:
                 continue
             index += 1
             size = len(line)
+            if skip is not None and skip(index):
+                yield index, None, SKIPPED, size
+                continue
             if size > max_bytes:
                 yield index, None, f"row is {size} bytes, larger than max_row_bytes={max_bytes}", size
                 continue
@@ -164,8 +173,13 @@ def _read_jsonl(path: Path, max_bytes: int) -> Iterator[RawItem]:
             except ValueError as exc:
                 yield index, None, f"invalid JSON: {exc}", size
                 continue
-            problem = _value_problem(row)
-            yield index, None if problem else row, problem, size
+            # the line is valid UTF-8, so a lone surrogate can only come from a \u escape, and nesting deeper than
+            # MAX_NESTING needs that many brackets: a line with neither (nearly all) needs no walk
+            if b"\\u" in line or line.count(b"[") + line.count(b"{") > MAX_NESTING:
+                problem = _value_problem(row)
+                yield index, None if problem else row, problem, size
+            else:
+                yield index, row, None, size
 
 
 # ── JSON arrays, element by element ──────────────────────────────────────────────────────────────────────────────
@@ -393,7 +407,7 @@ def _parse_problem(exc: Exception) -> str:
     return re.split(r"""['"]""", line, maxsplit=1)[0].strip()[:120] or type(exc).__name__
 
 
-def _read_json(path: Path, max_bytes: int) -> Iterator[RawItem]:
+def _read_json(path: Path, max_bytes: int, skip: Skip = None) -> Iterator[RawItem]:
     """Elements of a JSON array (or of the array under `data`), one at a time: the C parser when the file is
     clean UTF-8, else the pure-Python one over a stream where bytes that are not UTF-8 read as escapes."""
     done = 0
@@ -405,7 +419,7 @@ def _read_json(path: Path, max_bytes: int) -> Iterator[RawItem]:
         raise DatasetError(f"{path} is not valid JSON: {_parse_problem(exc)} (after {done} array elements)") from None
 
 
-def _read_csv(path: Path, max_bytes: int) -> Iterator[RawItem]:
+def _read_csv(path: Path, max_bytes: int, skip: Skip = None) -> Iterator[RawItem]:
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     with path.open("r", encoding="utf-8-sig", errors="surrogateescape", newline="") as fh:
@@ -433,7 +447,7 @@ def _read_csv(path: Path, max_bytes: int) -> Iterator[RawItem]:
                 yield index, row, None, size
 
 
-def _read_parquet(path: Path, max_bytes: int) -> Iterator[RawItem]:
+def _read_parquet(path: Path, max_bytes: int, skip: Skip = None) -> Iterator[RawItem]:
     import pyarrow.parquet as pq
 
     try:
@@ -442,6 +456,11 @@ def _read_parquet(path: Path, max_bytes: int) -> Iterator[RawItem]:
         raise DatasetError(f"cannot read Parquet file {path}: {exc}") from None
     index = -1
     for batch in pf.iter_batches(batch_size=4096):
+        if skip is not None and skip(index + 1) and skip(index + batch.num_rows):  # a finished shard's rows
+            for _ in range(batch.num_rows):
+                index += 1
+                yield index, None, SKIPPED, 0
+            continue
         for row in batch.to_pylist():
             index += 1
             problem = _value_problem(row)
@@ -528,44 +547,113 @@ def row_to_example(row: Row, spec: DatasetSpec, index: int) -> Example:
     return Example(id=example_id, input=text, gold=gold, choices=choices, meta=meta)
 
 
-def read_examples(spec: DatasetSpec) -> Iterator[Example | RowReject]:
-    """Yield an Example or a RowReject for every row, in file order."""
+def _raw_rows(spec: DatasetSpec, skip: Skip = None) -> Iterator[RawItem]:
+    """The reader's rows, up to `limit`."""
     path = Path(spec.path)
     if not path.is_file():
         raise DatasetError(f"dataset file not found: {path}")
-    reader = _READERS[detect_format(path, spec.format)]
-    seen: dict[str, int] = {}
-    count = 0
-    for index, row, problem, _size in reader(path, spec.max_row_bytes):
-        if spec.limit is not None and count >= spec.limit:
-            return
-        count += 1
-        if problem is None:
-            try:
-                example = row_to_example(row, spec, index)
-            except ValueError as exc:
-                problem = str(exc)
-            except RecursionError:  # rows are depth-checked on reading; this is the last line of defence
-                problem = TOO_DEEP
-        if problem is not None:
-            rid = None
-            if isinstance(row, dict) and spec.id_field and isinstance(row.get(spec.id_field), str | int):
-                rid = str(row[spec.id_field])
-            yield RowReject(id=rid or f"row-{index}", reason=f"row {index}: {problem}")
+    rows = _READERS[detect_format(path, spec.format)](path, spec.max_row_bytes, skip)
+    return itertools.islice(rows, spec.limit) if spec.limit is not None else rows
+
+
+def _item(index: int, row: Row | None, problem: str | None, spec: DatasetSpec) -> Item:
+    """One row as an Example, or as a RowReject saying why it cannot be one (its id not yet checked)."""
+    if problem is None:
+        try:
+            return row_to_example(row, spec, index)
+        except ValueError as exc:
+            problem = str(exc)
+        except RecursionError:  # rows are depth-checked on reading; this is the last line of defence
+            problem = TOO_DEEP
+    rid = None
+    if isinstance(row, dict) and spec.id_field and isinstance(row.get(spec.id_field), str | int):
+        rid = str(row[spec.id_field])
+    return RowReject(id=rid or f"row-{index}", reason=f"row {index}: {problem}")
+
+
+def _checked_ids(batch: list[tuple[int, Item]], spec: DatasetSpec, ids: IdIndex) -> Iterator[tuple[int, Item]]:
+    """A batch of rows with duplicate ids settled: with an id column, a repeated id is a bad row naming the first;
+    without one (ids are content hashes), identical rows get distinct stable ids `<hash>~2`, `~3`, ..."""
+    examples = [(index, item) for index, item in batch if isinstance(item, Example)]
+    firsts = iter(ids.resolve([(item.id, index) for index, item in examples]))
+    settled: dict[int, Item] = {}
+    for index, item in examples:
+        first, nth = next(firsts)
+        if first == index:
             continue
-        first = seen.setdefault(example.id, index)
-        if first != index:
-            if spec.id_field:
-                yield RowReject(id=f"row-{index}",
-                                reason=f"row {index}: duplicate id {short(example.id)} (first at row {first})")
+        if spec.id_field:
+            settled[index] = RowReject(id=f"row-{index}", reason=f"row {index}: duplicate id {short(item.id)} "
+                                                                 f"(first at row {first})")
+        else:
+            settled[index] = replace(item, id=f"{item.id}~{nth}")
+    for index, item in batch:
+        yield index, settled.get(index, item)
+
+
+def _items(spec: DatasetSpec, ids: IdIndex, skip: Skip = None) -> Iterator[tuple[int, Item | None]]:
+    """(row index, item) for every row in file order; None for a skipped row (not decoded). Ids are checked
+    against the index a batch at a time, so memory holds a batch of rows, never the dataset."""
+    batch: list[tuple[int, Item]] = []
+    try:
+        for index, row, problem, _size in _raw_rows(spec, skip):
+            if problem == SKIPPED:
+                yield from _checked_ids(batch, spec, ids)
+                batch = []
+                yield index, None
                 continue
-            # identical content without an id column: a stable, distinct id per occurrence
-            n = 2
-            while f"{example.id}~{n}" in seen:
-                n += 1
-            example = Example(f"{example.id}~{n}", example.input, example.gold, example.choices, example.meta)
-            seen[example.id] = index
-        yield example
+            batch.append((index, _item(index, row, problem, spec)))
+            if len(batch) >= BATCH_ROWS:
+                yield from _checked_ids(batch, spec, ids)
+                batch = []
+    except DatasetError:  # the file breaks off: the rows before the break still count
+        yield from _checked_ids(batch, spec, ids)
+        raise
+    yield from _checked_ids(batch, spec, ids)
+
+
+def read_examples(spec: DatasetSpec) -> Iterator[Item]:
+    """Yield an Example or a RowReject for every row, in file order (ids checked in memory: for one reading)."""
+    ids = IdIndex()
+    try:
+        for _, item in _items(spec, ids):
+            yield item
+    finally:
+        ids.close()
+
+
+def read_shards(spec: DatasetSpec, shard_size: int, done: set[int], ids: IdIndex) -> Iterator[tuple[int, list[Item]]]:
+    """(shard index, its items) for every shard not in `done`, streamed: shard k is rows k*shard_size up to the
+    next. The rows of done shards are not decoded when the id index already knows them (a resumed job), and only
+    their ids are read otherwise."""
+    skip = None if ids.fresh else (lambda index: index // shard_size in done)
+    shard, items = 0, []
+    for index, item in _items(spec, ids, skip):
+        if index // shard_size != shard:
+            if items and shard not in done:
+                yield shard, items
+            shard, items = index // shard_size, []
+        if item is not None:
+            items.append(item)
+    if items and shard not in done:
+        yield shard, items
+
+
+def count_rows(spec: DatasetSpec) -> int | None:
+    """How many rows the dataset has (up to `limit`), when that is cheap to know: JSON lines are counted without
+    decoding them, Parquet says so in its footer; None for CSV and JSON arrays (a quoted newline or a nested array
+    can only be told by parsing)."""
+    path = Path(spec.path)
+    fmt = detect_format(path, spec.format)
+    if fmt == "jsonl":
+        with path.open("rb") as fh:
+            count = sum(1 for line in fh if line.strip() and line.strip() != _BOM)
+    elif fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        count = pq.ParquetFile(path).metadata.num_rows
+    else:
+        return None
+    return min(count, spec.limit) if spec.limit is not None else count
 
 
 # ── mapping checks, before any request ───────────────────────────────────────────────────────────────────────────

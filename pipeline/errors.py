@@ -26,6 +26,8 @@
     │   ├── UploadExistsError     an upload of that name exists; uploads are never replaced (409)
     │   └── UploadTooLargeError   the upload is larger than the server takes (413)
     ├── AuthError                 a REST request without the right bearer token
+    ├── CsrfError                 a state change by a signed-in browser without the CSRF header, or from another
+    │                             origin (403)
     ├── TrainerError              the student trainer cannot run (no training pairs, no gold test examples, a model
     │   │                         that is not sequence-to-sequence or does not load, CUDA asked for but absent)
     │   ├── TrainConfigError      a TrainConfig field is invalid (names the field and its CLI flag); CLI exit code 2
@@ -171,6 +173,12 @@ class UploadTooLargeError(UploadError):
 
 class AuthError(StepwiseError):
     """A REST request lacks the right bearer token. The message never holds a token."""
+
+
+class CsrfError(StepwiseError):
+    """A cookie-authenticated request that changes state lacks the session's CSRF value in `X-Stepwise-CSRF`, or
+    the browser says it came from another origin: refused, since another site could have made the browser send
+    it with the cookie."""
 
 
 class TrainerError(StepwiseError):

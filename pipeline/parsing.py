@@ -192,6 +192,43 @@ def split_answer(text: str, task: Task) -> tuple[str, str] | None:
     return rationale, _clean_answer(answer, task)
 
 
+def answer_span(content: str, task: Task, *, after_trace: bool = False, output: str = "cot") -> tuple[int, int] | None:
+    """[start, end) character offsets of the answer the parser reads in `content` (a record's `completion`: the
+    text after any thinking trace), so a viewer can highlight it. Found as the parser finds it: a follow-on turn
+    cut off first (not `after_trace`), the answer read by `split_answer` (or, after a trace, as the content's
+    own last line), then its text looked up after the rationale; for `output="json"` the `label` value. None when
+    there is no answer, or its text does not occur verbatim (e.g. LaTeX read as plain text)."""
+    if output == "json":
+        return _json_label_span(content)
+    text = content if after_trace else cut_follow_on(content)[0]
+    parts = split_answer(text, task) or (_unmarked(text, task) if after_trace else None)
+    if parts is None:
+        return None
+    rationale, answer = parts
+    # the answer without the sentence's full stop, or its core without markdown around it
+    for needle in (answer.strip().rstrip(".,;:!? \t"), _EDGES.sub("", answer)):
+        start = text.find(needle, len(rationale)) if needle else -1
+        if start >= 0:
+            return start, start + len(needle)
+    return None
+
+
+_EDGES = re.compile(r"^\W+|\W+$")
+_LABEL_KEY = re.compile(r'"label"\s*:\s*')
+
+
+def _json_label_span(text: str) -> tuple[int, int] | None:
+    """Where the value of the last `"label"` key sits in a structured answer (inside the quotes of a string)."""
+    key = _last_match(_LABEL_KEY, text)
+    if key is None:
+        return None
+    try:
+        value, end = json.JSONDecoder().raw_decode(text, key.end())
+    except ValueError:
+        return None
+    return (key.end() + 1, end - 1) if isinstance(value, str) else (key.end(), end)
+
+
 def _unmarked(content: str, task: Task) -> tuple[str, str] | None:
     """(rationale, answer) of content with no answer marker, the task reading it (`Task.unmarked_answer`)."""
     answer = task.unmarked_answer(content)

@@ -113,14 +113,24 @@ class RequestCache:
 
     def put(self, completion: Completion) -> None:
         """Store one completion durably (committed before returning). Errors are never cached."""
-        if completion.text is None or completion.error:
+        self.put_many([completion])
+
+    def put_many(self, completions: list[Completion]) -> None:
+        """Store completions durably in one transaction (committed before returning). Errors are never cached."""
+        now = time.time()
+        rows = [(c.request_key, c.text, c.finish_reason, c.tokens_in, c.tokens_out, c.latency_s, c.model, now,
+                 c.reasoning, c.reasoning_tokens) for c in completions if c.text is not None and not c.error]
+        if not rows:
             return
         with self._lock:
-            self._db.execute(
-                f"INSERT OR REPLACE INTO completions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (completion.request_key, completion.text, completion.finish_reason, completion.tokens_in,
-                 completion.tokens_out, completion.latency_s, completion.model, time.time(), completion.reasoning,
-                 completion.reasoning_tokens))
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(
+                    f"INSERT OR REPLACE INTO completions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def count(self) -> int:
         with self._lock:

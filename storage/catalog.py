@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -285,15 +285,16 @@ class _Cap:
 
 
 def query(root: str | Path | CorpusLocation, sql: str, *, max_rows: int = 100_000, max_bytes: int = MAX_BYTES,
-          timeout_s: float = 30.0) -> QueryResult:
+          timeout_s: float = 30.0, params: Sequence[object] | Mapping[str, object] | None = None) -> QueryResult:
     """Run one read-only query over the corpus views. The result is streamed and stops at `max_rows` rows or
-    `max_bytes` Arrow bytes, whichever comes first; `truncated` and `reason` say so."""
+    `max_bytes` Arrow bytes, whichever comes first; `truncated` and `reason` say so. `params` are bound to the
+    query's placeholders (`?`, `$1` or `$name`) by DuckDB, so a caller's values never become SQL text."""
     def collect(reader: pa.RecordBatchReader) -> QueryResult:
         cap = _Cap(max_rows, max_bytes)
         table = pa.Table.from_batches(list(cap.take(reader)), schema=reader.schema)
         return QueryResult(table, cap.reason is not None, cap.reason)
 
-    return _run(CorpusLocation.of(root), sql, max_rows, timeout_s, collect)
+    return _run(CorpusLocation.of(root), sql, max_rows, timeout_s, collect, params)
 
 
 def query_to_parquet(root: str | Path | CorpusLocation, sql: str, path: str | Path, *, max_rows: int = 10_000_000,
@@ -317,16 +318,18 @@ def query_to_parquet(root: str | Path | CorpusLocation, sql: str, path: str | Pa
 
 
 def _run(corpus: CorpusLocation, sql: str, max_rows: int, timeout_s: float,
-         consume: Callable[[pa.RecordBatchReader], T]) -> T:
-    """Check `sql`, run it on a sandboxed cursor and hand `consume` a reader of at most `max_rows` + 1 rows (the
-    extra one tells that more matched). A part file removed or replaced while the query read it can make it fail:
-    then it runs once more, on a database rebuilt over the current files."""
+         consume: Callable[[pa.RecordBatchReader], T],
+         params: Sequence[object] | Mapping[str, object] | None = None) -> T:
+    """Check `sql`, run it (with `params` bound) on a sandboxed cursor and hand `consume` a reader of at most
+    `max_rows` + 1 rows (the extra one tells that more matched). A part file removed or replaced while the query
+    read it can make it fail: then it runs once more, on a database rebuilt over the current files."""
     statement = check_read_only(sql)
     for last in (False, True):
         cursor, parts = _cursor(corpus)
         try:
             with _sandboxed(cursor, timeout_s) as expired:
-                return consume(cursor.sql(statement).limit(max_rows + 1).to_arrow_reader(BATCH_ROWS))
+                relation = cursor.sql(statement, params=params)
+                return consume(relation.limit(max_rows + 1).to_arrow_reader(BATCH_ROWS))
         except QueryError as exc:
             if last or expired.is_set() or type(exc) is not QueryError or _parts(corpus) == parts:
                 raise

@@ -102,7 +102,7 @@ class JobRegistry:
 
     def _read(self, job_id: str, row: tuple[str, str]) -> JobState:
         try:
-            values = self.corpus.read_table(*row, schema=JOBS_SCHEMA).to_pylist()[0]
+            values = self.corpus.read_rows(*row, schema=JOBS_SCHEMA)[0]
         except FileNotFoundError:
             raise
         except Exception as exc:  # a corrupt registry row is a storage problem, said plainly

@@ -7,6 +7,7 @@
     jobs/<job_id>.cancel                    a cancel request (empty)
     jobs/<job_id>.progress.json             the running job's heartbeat (live counts, rate, last errors)
     cache/requests.sqlite                   the request cache and the Batch API ledger (a local corpus; else below)
+    cache/ids/<job_id>.sqlite               which dataset rows carry which example ids (duplicates, across runs)
     uploads/                                datasets uploaded over REST (a local corpus; else the state folder's)
 
 The REST service keeps three files per job in its state folder (local; `jobs/` of a local corpus):
@@ -71,3 +72,8 @@ def request_cache(root: str | Path) -> Path:
     canonical = location.rstrip("/") + ("?" + "&".join(sorted(options.split("&"))) if options else "")
     digest = hashlib.sha256(canonical.encode()).hexdigest()[:16]
     return Path.home() / ".cache" / "stepwise" / digest / "requests.sqlite"
+
+
+def id_index(root: str | Path, job_id: str) -> Path:
+    """The job's id index (SQLite, local like the request cache): beside the request cache, under `ids/`."""
+    return request_cache(root).parent / "ids" / f"{job_id}.sqlite"

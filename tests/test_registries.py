@@ -99,6 +99,6 @@ def test_the_built_in_kinds_and_formats_come_from_their_modules():
     from stepwise.pipeline.tasks import TASKS
 
     assert set(TASKS.names()) == {"multiple_choice", "nli", "arithmetic", "yes_no", "exact", "custom", "math"}
-    assert set(FORMATS.names()) == {"dsbs", "finetune_cot", "chat", "chat_think", "parquet"}
+    assert set(FORMATS.names()) == {"dsbs", "finetune_cot", "chat", "chat_think", "parquet", "hf"}
     for name in FORMATS.names():  # one module per format, named after it
         assert (Path(ROOT) / "pipeline" / "exports" / f"{name}.py").is_file()

@@ -1,26 +1,39 @@
-"""Jobs: submit, list, watch, cancel, resume, page through records, export. Jobs run in their own processes
-(`pipeline.service.JobService`); no handler runs one."""
+"""Jobs: submit, list, watch, cancel, resume, page through records, look at one example, export. Jobs run in
+their own processes (`pipeline.service.JobService`); no handler runs one."""
 
 from __future__ import annotations
 
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
 from stepwise.api.deps import Authorized, Corpus, JobId, Service, StrictQuery, in_query_slot
 from stepwise.api.encode import json_safe
 from stepwise.api.errors import errors
-from stepwise.api.schemas import PARQUET, JobAccepted, JobCreated, JobList, JobView, RecordPage
-from stepwise.pipeline.types import JobStatus
+from stepwise.api.examples import example_view
+from stepwise.api.schemas import (
+    PARQUET,
+    ErrorBody,
+    ExampleView,
+    JobAccepted,
+    JobCreated,
+    JobList,
+    JobView,
+    RecordPage,
+    RecordSort,
+)
+from stepwise.pipeline.types import JobStatus, RejectReason
 from stepwise.api.strict_json import StrictJSONRoute
 from stepwise.pipeline.exports import FORMATS, FormatName, export_job
 from stepwise.pipeline.spec import JobSpec
-from stepwise.storage.catalog import query as run_query
+from stepwise.storage.pages import MAX_SEARCH_CHARS, RecordFilter, example_records, record_page
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Authorized, StrictQuery],
                    route_class=StrictJSONRoute)
@@ -63,23 +76,59 @@ def resume_job(job_id: JobId, service: Service) -> JobAccepted:
     return JobAccepted(job_id=job_id, action="resume")
 
 
+async def record_filter(
+        accepted: bool | None = None,
+        reason: Annotated[RejectReason | None, Query(description="the reject reason, exactly")] = None,
+        correct: Annotated[bool | None, Query(description="whether the label matches the gold label")] = None,
+        label: Annotated[str | None, Query(max_length=1000, description="the label, exactly")] = None,
+        gold_label: Annotated[str | None, Query(max_length=1000, description="the gold label, exactly")] = None,
+        min_agreement: Annotated[float | None, Query(ge=0, le=1, description="agreement at least this")] = None,
+        max_agreement: Annotated[float | None, Query(ge=0, le=1, description="agreement at most this")] = None,
+        q: Annotated[str | None, Query(min_length=1, max_length=MAX_SEARCH_CHARS, description=(
+            "a case-insensitive substring of input, rationale, reasoning or completion, taken literally (`%`, `_` "
+            "are no wildcards); it reads every text of the job, so it takes seconds on a large one"))] = None,
+) -> RecordFilter:
+    """The filters of a records page, from its query parameters."""
+    if min_agreement is not None and max_agreement is not None and min_agreement > max_agreement:
+        raise RequestValidationError([{"loc": ("query", "min_agreement"), "type": "value_error",
+                                       "msg": "min_agreement is larger than max_agreement"}])
+    return RecordFilter(accepted, reason.value if reason else None, correct, label, gold_label, min_agreement,
+                        max_agreement, q)
+
+
+Filters = Annotated[RecordFilter, Depends(record_filter)]
+
+
 @router.get("/{job_id}/records", response_model=RecordPage, responses=errors(404))
-async def list_records(job_id: JobId, service: Service, corpus: Corpus, request: Request,
+async def list_records(job_id: JobId, service: Service, corpus: Corpus, request: Request, where: Filters,
                        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
                        offset: Annotated[int, Query(ge=0, le=100_000_000)] = 0,
-                       accepted: bool | None = None) -> RecordPage:
-    """A job's records in (example_id, sample_idx) order, optionally only accepted or only rejected ones."""
+                       sort: RecordSort = RecordSort.EXAMPLE_ID, order: Literal["asc", "desc"] = "asc",
+                       brief: Annotated[bool, Query(description="long texts cut to 280 characters, their lengths "
+                                                                "added as *_chars")] = False) -> RecordPage:
+    """A job's records, filtered, sorted (ties by example_id, sample_idx) and paged; `total` counts the matches."""
     def page() -> RecordPage:
         service.get(job_id)  # 404 for an unknown job
-        where = f"job_id = '{job_id}'"  # JobId allows only letters, digits, '.', '_' and '-'
-        if accepted is not None:
-            where += f" AND accepted = {'true' if accepted else 'false'}"
-        total = run_query(corpus, f"SELECT count(*) AS n FROM records WHERE {where}").table.column("n")[0].as_py()
-        rows = run_query(corpus, f"SELECT * FROM records WHERE {where} ORDER BY example_id, sample_idx "
-                                 f"LIMIT {limit} OFFSET {offset}", max_rows=limit).table.to_pylist()
-        return RecordPage(items=json_safe(rows), total=total, limit=limit, offset=offset)
+        found = record_page(corpus, job_id, where, sort=sort.value, order=order, limit=limit, offset=offset,
+                            brief=brief)
+        return RecordPage(items=json_safe(found.rows), total=found.total, limit=limit, offset=offset)
 
     return await in_query_slot(request, page)
+
+
+@router.get("/{job_id}/examples/{example_id:path}", response_model=ExampleView, responses={
+    **errors(404), 404: {"model": ErrorBody, "description": "no such job, or no such example in it"}})
+async def get_example(job_id: JobId, example_id: Annotated[str, PathParam(min_length=1, max_length=1000)],
+                      service: Service, corpus: Corpus, request: Request) -> ExampleView:
+    """One example: input, gold, consensus, the rendered prompt and every sample with its answer's span."""
+    def view() -> ExampleView:
+        spec_json = service.get(job_id).state.spec_json  # 404 for an unknown job
+        records = example_records(corpus, job_id, example_id)
+        if not records:
+            raise HTTPException(404, f"job {job_id!r} has no example {example_id!r}")
+        return example_view(spec_json, records, service.admission)
+
+    return await in_query_slot(request, view)
 
 
 @router.get("/{job_id}/export", response_class=FileResponse, responses={

@@ -12,6 +12,9 @@ Each module of this package adds its commands (`add_parsers`); the parser is bui
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import sys
 
 from stepwise.pipeline.cli import data, demo, jobs, serve, train
 from stepwise.pipeline.cli.console import err
@@ -43,5 +46,23 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def run() -> None:
+    """The `stepwise` program: `main`, then a fast exit. When a command returns, what it did is on disk (part
+    files synced, the request cache committed, the registry row written), so the interpreter's teardown (a
+    quarter of a second of freeing every object and joining idle threads after a big job) buys nothing: output
+    and logs are flushed, Ray is shut down when this process started it, and the process ends. An exception
+    leaves the normal way, with its traceback."""
+    code = main()
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

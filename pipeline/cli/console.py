@@ -1,83 +1,42 @@
-"""What the command line shows: the live progress bar, the end-of-run summary, result tables. Everything goes to
-stderr but a query's rows (stdout), so the output of `stepwise query` can be piped."""
+"""What the command line shows: the end-of-run summary and result tables (the live progress bar is
+`cli/progress.py`, imported only when it is shown). Everything goes to stderr but a query's rows (stdout), so the
+output of `stepwise query` can be piped. Rich's tables are imported when one is printed: a command pays for what
+it shows, not at start-up."""
 
 from __future__ import annotations
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
-from rich.text import Text
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-from stepwise.pipeline.run.summary import JobSummary
+from rich.console import Console
+
 from stepwise.pipeline.types import JobStatus
+
+if TYPE_CHECKING:
+    from stepwise.pipeline.cli.progress import Bar
+    from stepwise.pipeline.run.summary import JobSummary
 
 err = Console(stderr=True)
 out = Console()
 
 
-class _Rate(ProgressColumn):
-    """Units per second, as rich measures them."""
+@contextmanager
+def live_progress(label: str, quiet: bool) -> Iterator[Bar | None]:
+    """The live progress bar while a job runs; None with --quiet (rich's progress is then not even imported)."""
+    if quiet:
+        yield None
+        return
+    from stepwise.pipeline.cli.progress import Bar
 
-    def render(self, task) -> Text:
-        return Text(f"{task.speed:,.1f}/s" if task.speed else "", style="cyan")
-
-
-class Bar:
-    """Live progress with rate, ETA, accepted / rejected, tokens and cost: requests for live teachers,
-    shards for recorded ones. Fed from the teacher's thread; rich's Progress is thread-safe."""
-
-    def __init__(self, label: str, quiet: bool):
-        self.accepted = self.rejected = self.tokens = 0
-        self.cost = 0.0
-        self.live = False
-        self.progress = Progress(
-            TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[unit]}"),
-            _Rate(), TextColumn("[green]{task.fields[accepted]} ok[/] [red]{task.fields[rejected]} rejected[/] "
-                                "{task.fields[tokens]} tok {task.fields[cost]}"),
-            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=err, disable=quiet,
-        )
-        self.task = self.progress.add_task("run", total=None, unit="", accepted=0, rejected=0, tokens=0, cost="")
-
-    def __enter__(self):
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.progress.__exit__(*exc)
-
-    def _refresh(self, advance: int = 0) -> None:
-        self.progress.update(self.task, advance=advance, accepted=f"{self.accepted:,}",
-                             rejected=f"{self.rejected:,}", tokens=f"{self.tokens:,}",
-                             cost=f"${self.cost:,.4f}" if self.cost else "")
-
-    def start(self, total_requests: int, total_shards: int, live: bool) -> None:
-        self.live = live
-        self.progress.update(self.task, total=total_requests if live else total_shards,
-                             unit="requests" if live else "shards")
-
-    def completion(self, completion, cached: bool) -> None:
-        self.tokens += (completion.tokens_in or 0) + (completion.tokens_out or 0)
-        self.cost += completion.cost_usd or 0.0
-        self._refresh(advance=1)
-
-    def shard_done(self, result) -> None:
-        self.accepted += result.accepted
-        self.rejected += result.records - result.accepted
-        if not self.live:
-            self.tokens += result.tokens
-            self.cost += result.cost_usd
-        self._refresh(advance=0 if self.live else 1)
+    with Bar(label, err) as bar:
+        yield bar
 
 
 def print_summary(summary: JobSummary, root: str) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
     t = Table(title=f"job {summary.job_id}: {summary.status}", show_header=False)
     if summary.status == JobStatus.FAILED and summary.message:  # the cause leads, before any counter
         t.add_row(Text("failed", style="bold red"), Text(summary.message, style="red"))
@@ -108,6 +67,8 @@ def print_summary(summary: JobSummary, root: str) -> None:
 
 
 def print_table(table) -> None:
+    from rich.table import Table
+
     t = Table(*table.column_names)
     for row in table.to_pylist():
         t.add_row(*("" if v is None else str(v) for v in row.values()))

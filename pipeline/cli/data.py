@@ -7,7 +7,9 @@ import argparse
 import json
 import sys
 
-from stepwise.pipeline.cli.console import Bar, err, print_summary, print_table
+from rich.markup import escape
+
+from stepwise.pipeline.cli.console import err, live_progress, print_summary, print_table
 from stepwise.pipeline.cli.jobs import CORPUS_HELP
 from stepwise.pipeline.errors import StepwiseError
 
@@ -15,7 +17,7 @@ from stepwise.pipeline.errors import StepwiseError
 def cmd_import(args: argparse.Namespace) -> int:
     from stepwise.pipeline.importers import import_dsbs
 
-    with Bar(f"import {args.job_id}", args.quiet) as bar:
+    with live_progress(f"import {args.job_id}", args.quiet) as bar:
         summary, extra = import_dsbs(args.src, args.split, args.task, args.corpus, args.job_id,
                                      teacher_model=args.teacher_model, overwrite=args.overwrite, progress=bar)
     if extra:
@@ -47,18 +49,36 @@ def cmd_query(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from stepwise.pipeline.exports import export_job, parse_split
 
+    split = parse_split(args.split)
+    if args.push_to_hub:  # checked before anything is written: a refused push should not leave a half-done export
+        from stepwise.pipeline.exports.hf import import_hub
+
+        if args.format != "hf":
+            raise StepwiseError(f"--push-to-hub uploads a dataset folder: use it with --format hf, not "
+                                f"--format {args.format}")
+        import_hub()
     summary = export_job(args.corpus, args.job, args.format, args.out, label_source=args.label_source,
-                         split=parse_split(args.split), seed=args.seed)
+                         split=split, seed=args.seed)
     say_exported(summary, args.job)
+    if args.push_to_hub:
+        from stepwise.pipeline.exports.hf import push_to_hub
+
+        err.print(f"pushed to the Hub dataset {args.push_to_hub}: {push_to_hub(args.out, args.push_to_hub, args.job)}")
     return 0
 
 
 def say_exported(summary, job_id: str) -> None:
+    """The export's one-line account, then in yellow what a reader should not miss: skipped records, splits
+    that got no file, splits too small for their consumer."""
     parts = ", ".join(f"{k}: {v:,}" for k, v in summary.rows.items())
     err.print(f"exported {summary.records:,} accepted records of job {job_id} as {summary.format} "
               f"to {summary.path} ({parts} rows)")
     if summary.skipped_no_gold:
         err.print(f"[yellow]skipped {summary.skipped_no_gold:,} records without a gold label[/]")
+    if summary.empty_splits:
+        err.print(f"[yellow]empty splits, no file written: {', '.join(summary.empty_splits)}[/]")
+    for warning in summary.warnings:
+        err.print(f"[yellow]warning: {escape(warning)}[/]")
 
 
 def add_parsers(sub) -> None:
@@ -92,8 +112,12 @@ def add_parsers(sub) -> None:
     ex.add_argument("--corpus", default="corpus", help=CORPUS_HELP)
     ex.add_argument("--job", required=True)
     ex.add_argument("--format", required=True, choices=FORMATS.names())
-    ex.add_argument("--out", required=True, help="output file, or folder when --split is given")
+    ex.add_argument("--out", required=True, help="output file, or folder when --split is given (always a folder "
+                                                 "for --format hf)")
     ex.add_argument("--label-source", choices=("teacher", "gold"), default="teacher")
     ex.add_argument("--split", help="train,valid,test fractions, e.g. 0.8,0.1,0.1")
     ex.add_argument("--seed", type=int, default=0)
+    ex.add_argument("--push-to-hub", metavar="REPO",
+                    help="with --format hf: upload the folder to this Hugging Face dataset repo (created private if "
+                         "new), with the token huggingface_hub finds (HF_TOKEN); needs the hub extra")
     ex.set_defaults(func=cmd_export)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from stepwise.pipeline.cli.console import Bar, err, print_summary
+from stepwise.pipeline.cli.console import err, live_progress, print_summary
 from stepwise.pipeline.errors import StepwiseError
 from stepwise.pipeline.spec import EXECUTORS
 from stepwise.pipeline.types import JobStatus
@@ -37,7 +37,7 @@ def run_and_report(spec, corpus: str, *, overwrite: bool = False, quiet: bool = 
     """Run a job with the progress bar, print its summary; the exit code of its status."""
     from stepwise.pipeline.run.job import run_job
 
-    with Bar(f"{spec.job_id}", quiet) as bar:
+    with live_progress(f"{spec.job_id}", quiet) as bar:
         summary = run_job(spec, corpus, overwrite=overwrite, progress=bar)
     print_summary(summary, corpus)  # a failed job's summary leads with why
     if summary.status in (JobStatus.BUDGET_EXHAUSTED, JobStatus.CANCELLED):

@@ -10,10 +10,12 @@ The built-in ones (one row per accepted record unless said otherwise):
                 with a thinking trace, the trace in `reasoning_content` and what followed it as `content`
   chat_think    chat with the trace inline: `<think>\n<trace>\n</think>\n\n<content>` (the R1-distill format)
   parquet       columns example_id, sample_idx, input, rationale, label, gold_label, teacher_label
+  hf            a Hugging Face dataset folder: data/<split>-00000-of-00001.parquet and a README.md card
 
 With a split (e.g. 0.8,0.1,0.1) the output path is a folder holding train/valid/test files. Examples, not
 records, are assigned to splits (a seeded hash of the example id), so samples of one question never leak
-across splits.
+across splits. A split without rows gets no file (the summary names it), and a split smaller than its
+consumer asks for (the chat formats: OpenAI fine-tuning takes at least 10 examples) is a warning.
 """
 
 from __future__ import annotations
@@ -34,25 +36,31 @@ from stepwise.pipeline.exports.base import (
     EXPORT_SCHEMA,
     FORMATS,
     PREDICT_PREFIX,
+    FolderExport,
     FormatName,
     ExportFormat,
     write_jsonl,
 )
-from stepwise.storage.catalog import connect
 
 __all__ = ["ARROW", "EXPLAIN_PREFIX", "EXPORT_SCHEMA", "FORMATS", "FormatName", "PREDICT_PREFIX", "SPLITS", "ExportFormat",
-           "ExportSummary", "accepted_records", "assign_split", "export_job", "parse_split", "write_jsonl"]
+           "ExportSummary", "FolderExport", "accepted_records", "assign_split", "export_job", "parse_split",
+           "small_split_warnings", "write_jsonl"]
 
 SPLITS = ("train", "valid", "test")
 
 
 @dataclass
 class ExportSummary:
+    """What an export wrote: rows per split written (`all` without a split), the splits left without rows (no
+    file is written for them), and warnings for the reader (a split too small for the format's consumer)."""
+
     path: str
     format: str
     rows: dict[str, int] = field(default_factory=dict)  # split -> rows written
     records: int = 0
     skipped_no_gold: int = 0
+    empty_splits: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def parse_split(text: str | None) -> tuple[float, float, float] | None:
@@ -83,14 +91,17 @@ def accepted_records(root: str | Path, job_id: str) -> Iterator[dict]:
     """A job's accepted records in (example_id, sample_idx) order: example_id, sample_idx, input, rationale,
     label (the teacher's), gold_label, and for the chat formats reasoning (the thinking trace, None without one)
     and completion (what the teacher wrote after it; None without a trace, so raw few-shot completions are not
-    read for nothing). Shared by the exports and the trainer."""
+    read for nothing), and gold_rationale (the dataset's own solution, None without one). Shared by the exports
+    and the trainer."""
+    from stepwise.storage.catalog import connect  # DuckDB: imported by the export, not by the CLI's parser
+
     con = connect(root)
     try:
         if not con.execute("SELECT count(*) FROM records WHERE job_id = ?", [job_id]).fetchone()[0]:
             raise StorageError(f"job {job_id!r} has no records in {root}")
         cur = con.execute(
             "SELECT example_id, sample_idx, input, rationale, label, gold_label, reasoning, "
-            "CASE WHEN reasoning IS NULL THEN NULL ELSE completion END AS completion FROM records "
+            "CASE WHEN reasoning IS NULL THEN NULL ELSE completion END AS completion, gold_rationale FROM records "
             "WHERE job_id = ? AND accepted ORDER BY example_id, sample_idx", [job_id])
         cols = [d[0] for d in cur.description]
         while batch := cur.fetchmany(10_000):
@@ -103,7 +114,9 @@ def accepted_records(root: str | Path, job_id: str) -> Iterator[dict]:
 def export_job(root: str | Path, job_id: str, fmt: str, out: str | Path, *,
                label_source: Literal["teacher", "gold"] = "teacher",
                split: tuple[float, float, float] | None = None, seed: int = 0) -> ExportSummary:
-    """Write a job's accepted records in a student format; returns what was written."""
+    """Write a job's accepted records in a student format; returns what was written. A split without rows gets
+    no file (a file of that name left by an earlier export is removed: it would hold other examples); without
+    a split the one output file is written even when empty, since it is what the caller asked for."""
     try:
         form = FORMATS.get(fmt)
     except KeyError as exc:
@@ -112,19 +125,45 @@ def export_job(root: str | Path, job_id: str, fmt: str, out: str | Path, *,
         raise StepwiseError(f"label source must be 'teacher' or 'gold', not {label_source!r}")
     out = Path(out)  # the corpus may be an object-store URI; the export is a local file or folder
     summary = ExportSummary(path=str(out), format=fmt)
-    buckets: dict[str, list[dict]] = {s: [] for s in SPLITS} if split else {"all": []}
+    whole = "train" if form.folder else "all"  # the one split without --split (a dataset's is `train`)
+    buckets: dict[str, list[dict]] = {s: [] for s in SPLITS} if split else {whole: []}
     for r in accepted_records(root, job_id):
         label = r["gold_label"] if label_source == "gold" else r["label"]
         if label is None:
             summary.skipped_no_gold += 1
             continue
-        bucket = assign_split(r["example_id"], split, seed) if split else "all"
+        bucket = assign_split(r["example_id"], split, seed) if split else whole
         buckets[bucket].extend(form.rows(r, label))
         summary.records += 1
-    for name, rows in buckets.items():
-        form.write(rows, out / f"{name}.{form.suffix}" if split else out)
-        summary.rows[name] = len(rows)
+    written = {name: rows for name, rows in buckets.items() if rows or (not split and not form.folder)}
+    if form.folder is not None:
+        if not written:
+            raise StepwiseError(f"job {job_id!r} has no {label_source}-labelled accepted records to export as {fmt}")
+        form.folder(FolderExport(root, job_id, out, written, label_source, split, seed))
+    else:
+        for name, rows in buckets.items():
+            path = out / f"{name}.{form.suffix}" if split else out
+            if name in written:
+                form.write(rows, path)
+            else:
+                path.unlink(missing_ok=True)
+    summary.rows = {name: len(rows) for name, rows in written.items()}
+    summary.empty_splits = [name for name in buckets if name not in written]
+    summary.warnings = small_split_warnings(form, summary.rows)
     return summary
+
+
+def small_split_warnings(form: ExportFormat, rows: dict[str, int]) -> list[str]:
+    """A warning for each written split with fewer rows than the format's consumer asks for, and for an empty
+    export: a file a trainer refuses (or learns nothing from) should not pass in silence."""
+    warnings = []
+    for name, n in rows.items():
+        where = "the export" if name == "all" else f"split {name}"
+        if n == 0:
+            warnings.append(f"{where} has no rows")
+        elif n < form.min_rows:
+            warnings.append(f"{where} has {n:,} rows; {form.min_rows_for} asks for at least {form.min_rows}")
+    return warnings
 
 
 for _module in pkgutil.iter_modules(__path__):  # each module registers the format it defines

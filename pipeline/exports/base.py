@@ -17,6 +17,8 @@ from stepwise.storage.parquet import write_table_atomic
 # the student formats' markers, shared with the trainer (pipeline/trainer) so a student sees what the exports write
 PREDICT_PREFIX, EXPLAIN_PREFIX = "predict: ", "explain: "
 ARROW = "-->"
+# OpenAI fine-tuning refuses a training file of fewer examples; the chat formats warn below it
+OPENAI_MIN_EXAMPLES = 10
 
 EXPORT_SCHEMA = pa.schema([
     ("example_id", pa.string()), ("sample_idx", pa.int32()), ("input", pa.string()), ("rationale", pa.string()),
@@ -44,19 +46,49 @@ def write_parquet(rows: list[dict], path: Path) -> None:
 
 
 @dataclass(frozen=True)
+class FolderExport:
+    """What a folder format writes its layout from: the rows of each split that has any (never an empty one), the
+    job they came from (for a dataset card's provenance) and how they were chosen and split."""
+
+    root: str | Path
+    job_id: str
+    out: Path
+    splits: dict[str, list[dict]]
+    label_source: str
+    split: tuple[float, float, float] | None
+    seed: int
+
+
+@dataclass(frozen=True)
 class ExportFormat:
     """A student format: the rows one accepted record becomes (given the label to train on), the file suffix,
-    and how rows are written. `register()` adds it to FORMATS under `name`."""
+    and how rows are written. `register()` adds it to FORMATS under `name`.
+
+    `folder` makes a folder format: `--out` is always a folder and `folder` writes all of it (its own file
+    layout, a card), not `write` once per split; without `--split` its one split is `train`. `min_rows` is the
+    fewest rows a split needs for the format's consumer (`min_rows_for`, which says who asks); an export with a
+    smaller split warns."""
 
     name: str
     rows: Callable[[Row, str], list[dict]]
     suffix: str = "jsonl"
     write: Callable[[list[dict], Path], None] = write_jsonl
     media_type: str = "application/x-ndjson"
+    folder: Callable[[FolderExport], None] | None = None
+    min_rows: int = 0
+    min_rows_for: str = ""
 
     def register(self) -> ExportFormat:
         return FORMATS.register(self.name, self)
 
 
+class _OneFileFormats(Registry[ExportFormat]):
+    """The registered formats that write one file (no `folder`): what the REST export can send back."""
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for name in FORMATS.names() if FORMATS.get(name).folder is None)
+
+
 FORMATS: Registry[ExportFormat] = Registry("export format")
-FormatName = FORMATS.field()  # the pydantic type of a field naming a format (the REST export's `format`)
+# the pydantic type of a field naming a one-file format (the REST export's `format`: it answers with one file)
+FormatName = _OneFileFormats("export format").field()

@@ -3,7 +3,7 @@ the assistant message carries it in `reasoning_content` (what Qwen3-style chat t
 `content` is what the teacher wrote after the trace; without one, the content is the rationale and "So the answer
 is <label>."."""
 
-from stepwise.pipeline.exports.base import ExportFormat
+from stepwise.pipeline.exports.base import OPENAI_MIN_EXAMPLES, ExportFormat
 
 
 def trace_and_content(r: dict, label: str) -> tuple[str | None, str]:
@@ -23,4 +23,4 @@ def rows(r: dict, label: str) -> list[dict]:
     return [{"messages": [{"role": "user", "content": r["input"]}, assistant]}]
 
 
-FORMAT = ExportFormat("chat", rows).register()
+FORMAT = ExportFormat("chat", rows, min_rows=OPENAI_MIN_EXAMPLES, min_rows_for="OpenAI fine-tuning").register()

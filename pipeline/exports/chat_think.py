@@ -3,7 +3,7 @@ message is `<think>\n<trace>\n</think>\n\n<content>`. A record without a trace g
 (`<think>\n\n</think>\n\n`, what Qwen3's template writes for a turn without thinking) before the content `chat`
 would write, so every assistant turn has the one shape."""
 
-from stepwise.pipeline.exports.base import ExportFormat
+from stepwise.pipeline.exports.base import OPENAI_MIN_EXAMPLES, ExportFormat
 from stepwise.pipeline.exports.chat import trace_and_content
 
 
@@ -14,4 +14,5 @@ def rows(r: dict, label: str) -> list[dict]:
                           {"role": "assistant", "content": f"{think}{content}"}]}]
 
 
-FORMAT = ExportFormat("chat_think", rows).register()
+FORMAT = ExportFormat("chat_think", rows, min_rows=OPENAI_MIN_EXAMPLES,
+                      min_rows_for="OpenAI fine-tuning").register()

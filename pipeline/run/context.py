@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -34,7 +35,7 @@ class JobContext:
         """How the job's completions are read (output format, trace style and tags, the student's rationale)."""
         return ParseOptions.of(self.spec, self.prompt.output)
 
-    @property
+    @cached_property
     def sampling(self) -> Sampling:
         """The job's sampling as requests carry it; the mappings as canonical JSON, and only when set, so a job
         without the reasoning fields keeps the cache keys it always had."""
@@ -57,22 +58,28 @@ def _canonical(mapping: dict) -> str | None:
     return json.dumps(mapping, sort_keys=True, ensure_ascii=False, separators=(",", ":")) if mapping else None
 
 
-def load_items(spec: JobSpec) -> list[Item]:
-    """Every row of the dataset as an Example or a RowReject, after `check_fields` made sure the field
-    mapping fits the data (a field that no row has is a JobSpecError, not a corpus of bad rows)."""
+SAMPLE_ROWS = 1000  # the first rows a job reads to decide `task: auto` and to check its gold answers
+
+
+def first_items(spec: JobSpec) -> list[Item]:
+    """The dataset's first rows, after `check_fields` made sure the field mapping fits the data (a field that no
+    row has is a JobSpecError, not a corpus of bad rows)."""
     check_fields(spec.dataset)
-    return list(read_examples(spec.dataset))
+    return list(itertools.islice(read_examples(spec.dataset), SAMPLE_ROWS))
 
 
-def prepare_context(spec: JobSpec, items: Sequence[Item], *, backend: TeacherBackend | None = None,
-                    prompt: PromptTemplate | None = None,
-                    corpus: str | Path | None = None) -> tuple[JobContext, list[Item]]:
-    """Build the task (inferring `auto` from the data), prompt and backend; complete the examples."""
-    examples = [i for i in items if isinstance(i, Example)]
+def prepare_context(spec: JobSpec, sample: Sequence[Item], *, backend: TeacherBackend | None = None,
+                    prompt: PromptTemplate | None = None, corpus: str | Path | None = None) -> JobContext:
+    """Build the task (inferring `auto` from a sample of the data), prompt and backend."""
+    examples = [i for i in sample if isinstance(i, Example)]
     task = build_task(spec.task, examples[:500])
     check_gold(task, examples)  # before any request: gold that never fits the task is a job-file mistake
     prompt = prompt or load_prompt(spec.prompt, task.kind)
     backend = backend or build_backend(spec.teacher, corpus=corpus, cost=spec.cost,
                                        max_error_rate=spec.max_error_rate)
-    prepared = [task.prepare(i) if isinstance(i, Example) else i for i in items]
-    return JobContext(spec.job_id, spec, task, prompt, backend), prepared
+    return JobContext(spec.job_id, spec, task, prompt, backend)
+
+
+def prepared(ctx: JobContext, items: Sequence[Item]) -> list[Item]:
+    """A shard's items with each example completed by the task (e.g. choices written inline in the question)."""
+    return [ctx.task.prepare(i) if isinstance(i, Example) else i for i in items]

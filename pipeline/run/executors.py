@@ -1,8 +1,10 @@
 """Executors schedule shards; they never touch records. Every executor runs the one shard path of `run/shard.py`.
 
-An executor's `run` returns when every shard of `todo` is written, and stops by raising: JobCancelledError on a
-cancel request, BudgetExhaustedError or TeacherFailingError when the job's cost cap or error budget stops it
-(requests already in flight finish first, so what was paid is kept), anything else on a failure. The job driver
+An executor's `run` takes the shards to run as an iterator of (shard index, items), read from the dataset as the
+executor asks for them (so memory holds the shards in flight, never the dataset), and returns when every one is
+written. It stops by raising: JobCancelledError on a cancel request, BudgetExhaustedError or TeacherFailingError
+when the job's cost cap or error budget stops it (requests already in flight finish first, so what was paid is
+kept), anything else on a failure. The job driver
 (`run/job.py`) turns those into the job's status, in one place. Whatever happens, `counters` ends up holding the
 teacher's counters (requests sent, cache hits, retries, ...), summed over the executor's workers.
 
@@ -12,7 +14,7 @@ Executor kinds are declared once, with the dotted path of their class, in `pipel
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from stepwise.pipeline.errors import StepwiseError
@@ -29,7 +31,7 @@ COUNTERS = ("sent", "cache_hits", "completed", "retries", "rate_limited", "faile
 class Executor(Protocol):
     counters: dict[str, float]
 
-    def run(self, ctx: JobContext, shards: Sequence[Sequence[Item]], todo: list[int], corpus: CorpusLocation,
+    def run(self, ctx: JobContext, work: Iterator[tuple[int, list[Item]]], corpus: CorpusLocation,
             progress: Progress | None, cancelled: CancelCheck) -> None: ...
 
 

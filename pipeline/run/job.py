@@ -8,22 +8,25 @@ their retries and a rerun must retry them, or on any other error (re-raised).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import gc
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from stepwise.pipeline.errors import BudgetExhaustedError, JobCancelledError, JobConflictError, TeacherFailingError
-from stepwise.pipeline.run.context import Item, load_items, prepare_context
+from stepwise.pipeline.datasets import count_rows, read_shards
+from stepwise.pipeline.run.context import SAMPLE_ROWS, Item, first_items, prepare_context, prepared
 from stepwise.pipeline.run.executors import get_executor
 from stepwise.pipeline.run.heartbeat import HeartbeatWriter
 from stepwise.pipeline.run.shard import Progress, ShardResult, done_shards
 from stepwise.pipeline.run.summary import JobSummary, summarize
 from stepwise.pipeline.spec import JobSpec, check_files
 from stepwise.pipeline.teachers import TeacherBackend
-from stepwise.pipeline.types import Example, JobStatus, RejectReason
+from stepwise.pipeline.types import JobStatus, RejectReason
 from stepwise.prompts import PromptTemplate
 from stepwise.storage import layout
+from stepwise.storage.id_index import IdIndex
 from stepwise.storage.jobs import JobRegistry, JobState
 from stepwise.storage.location import CorpusLocation
 
@@ -35,11 +38,14 @@ STOPPED = ((BudgetExhaustedError, JobStatus.BUDGET_EXHAUSTED), (TeacherFailingEr
 def run_job(spec: JobSpec, root: str | Path | CorpusLocation, *, items: Sequence[Item] | None = None,
             backend: TeacherBackend | None = None, prompt: PromptTemplate | None = None,
             overwrite: bool = False, progress: Progress | None = None) -> JobSummary:
-    """Run (or resume) a job to the end and return its summary (see the module docstring for its status)."""
+    """Run (or resume) a job to the end and return its summary (see the module docstring for its status).
+
+    The dataset is streamed a shard at a time (memory holds the shards in flight, never the dataset); `items`, when
+    given (an importer, a test), are the rows instead."""
     from stepwise.pipeline.admission import resolve_profile
 
     spec = resolve_profile(spec)  # teacher.profile: the fields of the profile STEPWISE_TEACHERS declares
-    # the files the job names, then its field mapping (load_items, prepare_context): job-file errors, raised
+    # the files the job names, then its field mapping (first_items, prepare_context): job-file errors, raised
     # before anything is written or removed
     check_files(spec, dataset=items is None, prompt=prompt is None, teacher=backend is None)
     corpus = CorpusLocation.of(root)
@@ -51,39 +57,51 @@ def run_job(spec: JobSpec, root: str | Path | CorpusLocation, *, items: Sequence
     if previous is not None and previous.fingerprint != fingerprint and not overwrite:
         raise JobConflictError(f"job {job_id!r} already exists in {corpus} with a different spec; "
                                f"use another job_id, or --overwrite to replace its records")
-    items = load_items(spec) if items is None else items
+    sample = first_items(spec) if items is None else list(items[:SAMPLE_ROWS])
+    n_rows = count_rows(spec.dataset) if items is None else len(items)
     executor = get_executor(spec.executor)
     owns_backend = backend is None
-    ctx, items = prepare_context(spec, items, backend=backend, prompt=prompt, corpus=corpus.address)
+    ctx = prepare_context(spec, sample, backend=backend, prompt=prompt, corpus=corpus.address)
     status, message = JobStatus.COMPLETED, None
+    ids = None
     try:
         if overwrite:
             corpus.remove_folder(layout.RECORDS, job_id)
             previous = None
-        shards = [items[i:i + spec.shard_size] for i in range(0, len(items), spec.shard_size)] or [[]]
+        size = spec.shard_size
+        n_shards = max(1, -(-n_rows // size)) if n_rows is not None else 0  # 0: not known before the end
         now = datetime.now(UTC)
-        state = registry.save(JobState(
+        state = JobState(
             job_id=job_id, status=JobStatus.RUNNING, fingerprint=fingerprint, spec_json=spec.model_dump_json(),
             task=ctx.task.kind, prompt_id=ctx.prompt.id, prompt_hash=ctx.prompt.hash,
-            teacher_backend=ctx.backend.backend, teacher_model=ctx.backend.model, n_shards=len(shards),
-            n_examples=len(items), created_at=previous.created_at if previous else now, updated_at=now,
-        ))
+            teacher_backend=ctx.backend.backend, teacher_model=ctx.backend.model, n_shards=n_shards,
+            n_examples=n_rows or 0, created_at=previous.created_at if previous else now, updated_at=now,
+        )
         registry.clear_cancel(job_id)
         corpus.remove_stale_temp_files(layout.RECORDS, job_id)
         finished = done_shards(corpus, job_id)
-        todo = [i for i in range(len(shards)) if i not in finished]
+        if items is None:
+            ids = IdIndex(layout.id_index(corpus.address, job_id), signature=_signature(spec, overwrite))
+            rows = read_shards(spec.dataset, size, finished, ids)
+        else:
+            rows = ((i // size, list(items[i:i + size])) for i in range(0, len(items), size)
+                    if i // size not in finished)
+        # the job is marked running once its first shard is out: the first request does not wait for the
+        # registry write (pyarrow's array building imports pandas, a quarter of a second)
+        shards = _Shards(ctx, rows, started=lambda: registry.save(state))
         # the heartbeat file (live rate, ETA, last errors for the REST service) sees every event first
         with HeartbeatWriter(corpus, job_id, inner=progress) as beat:
             per_example = spec.sampling.stop_after_accepted or spec.sampling.n  # the fewest asked for
-            n_requests = sum(1 for i in todo for it in shards[i] if isinstance(it, Example)) * per_example
+            skipped = len(finished & set(range(n_shards))) if n_shards else len(finished)
             per_request = ctx.backend.backend != "replay" and spec.executor.kind == "local"
-            beat.start(n_requests, len(shards), per_request)
-            for i in sorted(finished & set(range(len(shards)))):
+            beat.start(max(0, (n_rows or 0) - skipped * size) * per_example, n_shards, per_request)
+            for i in sorted(finished):
                 beat.shard_done(ShardResult(i, skipped=True))
             if per_request:
                 ctx.backend.events = beat.completion
+            gc.freeze()  # what lives for the whole run (imports, the context) is never walked again by the collector
             try:
-                executor.run(ctx, shards, todo, corpus, beat, lambda: registry.cancel_requested(job_id))
+                executor.run(ctx, iter(shards), corpus, beat, lambda: registry.cancel_requested(job_id))
             except tuple(kind for kind, _ in STOPPED) as exc:
                 status = next(s for kind, s in STOPPED if isinstance(exc, kind))
                 message = str(exc)
@@ -91,9 +109,13 @@ def run_job(spec: JobSpec, root: str | Path | CorpusLocation, *, items: Sequence
                 status = JobStatus.CANCELLED if isinstance(exc, KeyboardInterrupt) else JobStatus.FAILED
                 registry.save(replace(state, status=status, error=f"{type(exc).__name__}: {exc}"[:2000]))
                 raise
+            finally:
+                gc.unfreeze()
     finally:
         if owns_backend:
             ctx.backend.close()
+        if ids is not None:
+            ids.close()
     registry.clear_cancel(job_id)
     summary = summarize(corpus, job_id)
     unavailable = summary.reject_reasons.get(RejectReason.TEACHER_UNAVAILABLE, 0)
@@ -105,13 +127,43 @@ def run_job(spec: JobSpec, root: str | Path | CorpusLocation, *, items: Sequence
     summary.status, summary.message, summary.teacher = status, message, executor.counters
     if spec.sampling.stop_after_accepted:
         summary.count_saved(spec.sampling.n)
-    finished = done_shards(corpus, job_id)
-    summary.shards_run = sum(1 for i in todo if i in finished)
-    summary.shards_skipped = len(shards) - len(todo)
-    done = sum(1 for i in range(len(shards)) if i in finished)
+    finished_now = done_shards(corpus, job_id)
+    n_shards = max(n_shards, shards.last + 1, max(finished_now, default=-1) + 1)
+    summary.shards_run = len(shards.started & finished_now)
+    summary.shards_skipped = len(finished & set(range(n_shards)))
     registry.save(replace(
-        state, status=status, shards_done=done, n_records=summary.n_records, n_accepted=summary.n_accepted,
-        n_rejected=summary.n_rejected, tokens_in=summary.tokens_in, tokens_out=summary.tokens_out,
-        cost_usd=summary.cost_usd, error=message,
+        state, status=status, shards_done=len(finished_now & set(range(n_shards))), n_shards=n_shards,
+        n_examples=max(n_rows or 0, summary.n_examples), n_records=summary.n_records,
+        n_accepted=summary.n_accepted, n_rejected=summary.n_rejected, tokens_in=summary.tokens_in,
+        tokens_out=summary.tokens_out, cost_usd=summary.cost_usd, error=message,
     ))
     return summary
+
+
+class _Shards:
+    """The shards to run, completed by the task as they are read; remembers which it handed out, and calls
+    `started` once the executor has taken the first (when it asks for the next one, or there is none)."""
+
+    def __init__(self, ctx, rows: Iterator[tuple[int, list[Item]]], started: Callable[[], object]):
+        self.ctx, self.rows, self.on_started = ctx, rows, started
+        self.started: set[int] = set()
+        self.last = -1
+
+    def __iter__(self) -> Iterator[tuple[int, list[Item]]]:
+        first = True
+        for index, items in self.rows:
+            self.started.add(index)
+            self.last = max(self.last, index)
+            yield index, prepared(self.ctx, items)
+            if first:
+                first = False
+                self.on_started()
+        if first:
+            self.on_started()
+
+
+def _signature(spec: JobSpec, overwrite: bool) -> str:
+    """What the id index describes: the dataset file as it is now (a changed file starts the index again)."""
+    st = Path(spec.dataset.path).stat()
+    return f"{Path(spec.dataset.path).resolve()}:{st.st_size}:{st.st_mtime_ns}:{spec.dataset.limit}" + \
+        (":overwrite" if overwrite else "")

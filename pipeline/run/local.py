@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator
 from functools import partial
 
 from stepwise.pipeline.errors import BudgetExhaustedError, JobCancelledError
@@ -22,7 +22,7 @@ class LocalExecutor:
     def __init__(self, spec: ExecutorSpec):
         self.counters: dict[str, float] = {}
 
-    def run(self, ctx: JobContext, shards: Sequence[Sequence[Item]], todo: list[int], corpus: CorpusLocation,
+    def run(self, ctx: JobContext, work: Iterator[tuple[int, list[Item]]], corpus: CorpusLocation,
             progress: Progress | None, cancelled: CancelCheck) -> None:
         pending: deque[StartedShard] = deque()
         wait = partial(_answers, cancelled=cancelled)
@@ -33,8 +33,8 @@ class LocalExecutor:
                 progress.shard_done(result)
 
         try:
-            for index in todo:
-                started = start_shard(ctx, corpus, index, shards[index])
+            for index, items in work:
+                started = start_shard(ctx, corpus, index, items)
                 if started is not None:
                     pending.append(started)
                 while len(pending) >= LOOKAHEAD:

@@ -16,10 +16,11 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +109,7 @@ class ShardWorker:
             backend = build_backend(spec.teacher, corpus=root, cost=spec.cost, rate=shared, meter=shared,
                                     max_error_rate=spec.max_error_rate)
         self.corpus = CorpusLocation(root)  # a URI stays a URI: never through Path, which would make s3:/ of it
-        self.ctx, _ = prepare_context(spec, [], backend=backend, prompt=prompt, corpus=root)
+        self.ctx = prepare_context(spec, [], backend=backend, prompt=prompt, corpus=root)
 
     def pid(self) -> int:
         return os.getpid()
@@ -143,10 +144,15 @@ class RayExecutor:
         self.spec = spec
         self.counters: dict[str, float] = {}
 
-    def run(self, ctx: JobContext, shards: Sequence[Sequence[Item]], todo: list[int], corpus: CorpusLocation,
+    def run(self, ctx: JobContext, work: Iterator[tuple[int, list[Item]]], corpus: CorpusLocation,
             progress: Progress | None, cancelled: CancelCheck) -> None:
         ensure_ray(self.spec)
         job = ctx.spec
+        # the first shards say how many workers are worth starting (a job with two shards left needs two)
+        queue = list(itertools.islice(work, self.spec.workers))
+        if not queue:
+            return
+        queue.reverse()  # popped from the end: in shard order
         budget = None
         live = ctx.backend.backend != "replay"
         if live and (getattr(job.teacher, "rpm", None) or getattr(job.teacher, "tpm", None)
@@ -154,23 +160,26 @@ class RayExecutor:
             budget = JobBudget.remote(job.teacher.rpm, job.teacher.tpm,
                                       job.cost.model_dump() if job.cost else None)
         backend = None if live else ctx.backend  # recorded teachers travel; live ones are built in each worker
-        n_workers = max(1, min(self.spec.workers, len(todo)))
+        n_workers = len(queue)
         options: dict[str, Any] = {"num_cpus": self.spec.num_cpus, "max_concurrency": IN_FLIGHT_PER_WORKER}
         if job.teacher.backend == "vllm":  # each worker holds the GPUs of its own engine, one shard at a time
             options.update(num_gpus=job.teacher.num_gpus or job.teacher.tensor_parallel_size, max_concurrency=1)
         workers = [ShardWorker.options(**options)
                    .remote(job.model_dump_json(), ctx.task.kind, ctx.prompt, backend, corpus.address, budget)
                    for _ in range(n_workers)]
-        queue = list(reversed(todo))
-        in_flight: dict[Any, tuple[int, int]] = {}  # ref -> (shard index, worker)
+        # a shard is read from `work` when a worker has room for it, and kept until its part file is written
+        # (a worker that dies hands it back to the queue)
+        in_flight: dict[Any, tuple[int, list[Item], int]] = {}  # ref -> (shard index, items, worker)
         load = [0] * n_workers
         stop: BudgetExhaustedError | TeacherFailingError | None = None  # raised once the shards in flight end
         try:
-            while queue or in_flight:
-                while queue and min(load) < IN_FLIGHT_PER_WORKER and stop is None:
+            while True:
+                while min(load) < IN_FLIGHT_PER_WORKER and stop is None:
+                    shard = queue.pop() if queue else next(work, None)
+                    if shard is None:
+                        break
                     w = load.index(min(load))
-                    index = queue.pop()
-                    in_flight[workers[w].run.remote(index, shards[index])] = (index, w)
+                    in_flight[workers[w].run.remote(*shard)] = (*shard, w)
                     load[w] += 1
                 if not in_flight:
                     break
@@ -178,21 +187,20 @@ class RayExecutor:
                 if cancelled():  # the workers are killed on the way out (finally): in-flight shards stop at once
                     raise JobCancelledError("cancelled on request; finished shards are kept")
                 for ref in done:
-                    index, w = in_flight.pop(ref)
+                    index, items, w = in_flight.pop(ref)
                     load[w] -= 1
                     try:
                         result = ray.get(ref)
                     except ray.exceptions.RayTaskError as exc:
                         cause = exc.cause if hasattr(exc, "cause") else None
                         if isinstance(cause, BudgetExhaustedError | TeacherFailingError):
-                            stop = stop or cause
-                            queue.clear()  # let shards in flight finish: their requests are paid for
+                            stop = stop or cause  # no new shards; those in flight finish: their requests are paid for
                             continue
                         if isinstance(cause, StepwiseError | TeacherAuthError):
                             raise cause from None
                         raise
                     except ray.exceptions.RayActorError:
-                        queue.append(index)  # the worker died for good: another one takes the shard
+                        queue.append((index, items))  # the worker died for good: another one takes the shard
                         continue
                     if progress:
                         progress.shard_done(result)

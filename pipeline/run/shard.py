@@ -23,6 +23,7 @@ from typing import Protocol
 from stepwise.pipeline.errors import StepwiseError
 from stepwise.pipeline.parsing import parse_completion
 from stepwise.pipeline.run.context import Item, JobContext
+from stepwise.pipeline.run.summary import SUMMARY_KEY, summary_of_records
 from stepwise.pipeline.types import Completion, Example, RationaleRecord, RejectReason, RowReject, TeacherRequest
 from stepwise.pipeline.validate import judge_example
 from stepwise.prompts import answer_schema
@@ -80,7 +81,10 @@ def write_part(corpus: CorpusLocation, job_id: str, shard: int, records: Sequenc
     if retry:
         corpus.touch(*layout.retry_marker(job_id, shard))
     if records:
-        corpus.write_table(records_to_table(records), *layout.part(job_id, shard), dictionary=DICTIONARY_COLUMNS)
+        table = records_to_table(records)
+        table = table.replace_schema_metadata({**table.schema.metadata,
+                                               SUMMARY_KEY: json.dumps(summary_of_records(records)).encode()})
+        corpus.write_table(table, *layout.part(job_id, shard), dictionary=DICTIONARY_COLUMNS)
     if not retry:
         corpus.remove(*layout.retry_marker(job_id, shard))
     return ShardResult.of(shard, records)

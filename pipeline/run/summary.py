@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from stepwise.storage import layout
@@ -52,27 +52,57 @@ def summarize(root: str | Path | CorpusLocation, job_id: str) -> JobSummary:
     return summarize_files(corpus, job_id, corpus.list_files(layout.RECORDS, job_id))
 
 
+SUMMARY_KEY = b"stepwise.summary"  # a part file's counters, in its Parquet footer (key-value metadata)
+_COUNTERS = ("n_examples", "n_records", "n_accepted", "n_correct", "n_with_gold", "tokens_in", "tokens_out",
+             "cost_usd", "reject_reasons")
+
+
+def summary_of_records(records: Sequence) -> dict:
+    """The counters of one shard's records, as its part file's footer keeps them (plain JSON)."""
+    reasons = Counter(r.reject_reason for r in records if r.reject_reason)
+    return {"n_examples": len({r.example_id for r in records}), "n_records": len(records),
+            "n_accepted": sum(1 for r in records if r.accepted), "n_correct": sum(1 for r in records if r.correct),
+            "n_with_gold": sum(1 for r in records if r.gold_label is not None),
+            "tokens_in": sum(r.tokens_in or 0 for r in records), "tokens_out": sum(r.tokens_out or 0 for r in records),
+            "cost_usd": sum(r.cost_usd or 0.0 for r in records), "reject_reasons": dict(reasons)}
+
+
 def summarize_files(corpus: CorpusLocation, job_id: str, files: Sequence[str]) -> JobSummary:
-    """Counters of some of a job's part files. Shards hold whole examples, so the summaries of disjoint sets of
-    part files add up (`merge_summaries`): a reader that saw most files before reads only the new ones."""
-    summary = JobSummary(job_id=job_id, status="")
-    if not files:
-        return summary
+    """Counters of some of a job's part files, from their footers: each file keeps its own (`SUMMARY_KEY`), so a
+    summary of any number of records reads a few kilobytes a file and never their columns (older files without
+    one are read column by column, one at a time). Shards hold whole examples, so the summaries of disjoint sets of
+    part files add up (`merge_summaries`)."""
+    return merge_summaries(job_id, (_file_summary(corpus, job_id, path) for path in files))
+
+
+def _file_summary(corpus: CorpusLocation, job_id: str, path: str) -> JobSummary:
+    if corpus.fs is None:
+        meta = pq.read_metadata(path)
+    else:
+        with corpus.fs.open_input_file(path) as fh:
+            meta = pq.read_metadata(fh)
+    kept = (meta.metadata or {}).get(SUMMARY_KEY)
+    counts = json.loads(kept) if kept is not None else _counted(corpus, path)
+    summary = JobSummary(job_id=job_id, status="", **{k: counts[k] for k in _COUNTERS})
+    summary.n_rejected = summary.n_records - summary.n_accepted
+    return summary
+
+
+def _counted(corpus: CorpusLocation, path: str) -> dict:
+    """The counters of a part file written before footers kept them, from its columns."""
+    import pyarrow.compute as pc
+
     cols = ["example_id", "accepted", "reject_reason", "correct", "gold_label", "tokens_in", "tokens_out",
             "cost_usd"]
-    table = pq.ParquetDataset(list(files), filesystem=corpus.fs).read(columns=cols)
-    summary.n_records = table.num_rows
-    summary.n_examples = len(pc.unique(table["example_id"]))
-    summary.n_accepted = int(pc.sum(table["accepted"]).as_py() or 0)
-    summary.n_rejected = summary.n_records - summary.n_accepted
-    summary.n_correct = int(pc.sum(pc.fill_null(table["correct"], False)).as_py() or 0)
-    summary.n_with_gold = int(pc.sum(pc.is_valid(table["gold_label"])).as_py() or 0)
-    summary.tokens_in = int(pc.sum(table["tokens_in"]).as_py() or 0)
-    summary.tokens_out = int(pc.sum(table["tokens_out"]).as_py() or 0)
-    summary.cost_usd = float(pc.sum(table["cost_usd"]).as_py() or 0.0)
+    table = pq.read_table(path, columns=cols, filesystem=corpus.fs)
     reasons = Counter(table["reject_reason"].drop_null().to_pylist())
-    summary.reject_reasons = dict(reasons.most_common())
-    return summary
+    return {"n_examples": len(pc.unique(table["example_id"])), "n_records": table.num_rows,
+            "n_accepted": int(pc.sum(table["accepted"]).as_py() or 0),
+            "n_correct": int(pc.sum(pc.fill_null(table["correct"], False)).as_py() or 0),
+            "n_with_gold": int(pc.sum(pc.is_valid(table["gold_label"])).as_py() or 0),
+            "tokens_in": int(pc.sum(table["tokens_in"]).as_py() or 0),
+            "tokens_out": int(pc.sum(table["tokens_out"]).as_py() or 0),
+            "cost_usd": float(pc.sum(table["cost_usd"]).as_py() or 0.0), "reject_reasons": dict(reasons)}
 
 
 _ADDITIVE = ("n_examples", "n_records", "n_accepted", "n_rejected", "n_correct", "n_with_gold", "tokens_in",

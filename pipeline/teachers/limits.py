@@ -161,30 +161,52 @@ class AdaptiveConcurrency:
     """How many requests may be in flight: halves on throttling (429, timeouts), climbs back by one per
     `limit` successes (additive increase, multiplicative decrease), within [1, maximum].
 
+    The first slots open in a short ramp: `opening` at once, twice as many every `ramp_s`, up to the limit (512
+    slots are all open after 40 ms). Hundreds of connections opened in one go are set up in lockstep, client and
+    server alike, so that no request goes out before all of them are connected (a quarter of a second for 512 on
+    loopback, far more with TLS); the ramp lets the first requests out at once.
+
     Waiters queue in FIFO order and a release wakes exactly as many as there are free slots, so thousands of
     queued requests cost nothing per release (a Condition's notify_all would wake them all every time).
     """
 
-    def __init__(self, maximum: int, cooldown_s: float = 1.0):
+    def __init__(self, maximum: int, cooldown_s: float = 1.0, opening: int = 32, ramp_s: float = 0.01):
         self.maximum = maximum
         self.limit = float(maximum)
         self.in_flight = 0
         self.cooldown_s = cooldown_s
         self._last_cut = 0.0
         self._waiters: deque[asyncio.Future] = deque()
+        self._open = min(maximum, opening)  # slots open so far in the ramp
+        self._ramp_s = ramp_s
+        self._ramping = False
 
     async def acquire(self) -> None:
-        if not self._waiters and self.in_flight < int(self.limit):
+        if not self._waiters and self.in_flight < self._allowed():
             self.in_flight += 1
             return
-        fut = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
         self._waiters.append(fut)
+        if self._open < self.maximum and not self._ramping:
+            self._ramping = True
+            loop.call_later(self._ramp_s, self._widen)
         try:
             await fut  # the slot is counted for us before we are woken
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
                 self.release("error")  # woken and cancelled at once: hand the slot on
             raise
+
+    def _allowed(self) -> int:
+        return min(int(self.limit), self._open)
+
+    def _widen(self) -> None:
+        """One step of the opening ramp (on the loop, every ramp_s until every slot is open)."""
+        self._open = min(self.maximum, self._open * 2)
+        self._wake()
+        if self._open < self.maximum:
+            asyncio.get_running_loop().call_later(self._ramp_s, self._widen)
 
     def release(self, outcome: str = "ok") -> None:
         """`outcome`: ok, throttled (429 / timeout) or error (anything else)."""
@@ -196,7 +218,11 @@ class AdaptiveConcurrency:
                 self._last_cut = now
         elif outcome == "ok" and self.limit < self.maximum:
             self.limit = min(float(self.maximum), self.limit + 1.0 / self.limit)
-        while self._waiters and self.in_flight < int(self.limit):
+        self._wake()
+
+    def _wake(self) -> None:
+        allowed = self._allowed()
+        while self._waiters and self.in_flight < allowed:
             fut = self._waiters.popleft()
             if not fut.done():
                 self.in_flight += 1

@@ -18,6 +18,7 @@ with `submit()` and gets futures back, so the next shard's requests queue while 
 from __future__ import annotations
 
 import asyncio
+import random
 import concurrent.futures
 import threading
 import time
@@ -55,6 +56,7 @@ from stepwise.pipeline.teachers.transport import (
     ChatTransport,
     build_transport,
     chat_body,
+    import_transport,
     choice_completions,
 )
 from stepwise.pipeline.types import Completion, TeacherRequest
@@ -73,6 +75,16 @@ class EngineStats:
     retries: int = 0
     rate_limited: int = 0    # 429s received
     failed: int = 0          # samples that ended as teacher_error
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """The engine's loop: uvloop's where it is installed (its transports and timers in C take about a third less
+    CPU per request than asyncio's own; `bench/scale.py`), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 class OpenAIBackend:
@@ -100,13 +112,19 @@ class OpenAIBackend:
         self.events: EventFn | None = None
         self._api_key = read_api_key(spec)
         self._fatal: TeacherError | None = None
-        self._loop = asyncio.new_event_loop()
+        self._loop = new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="stepwise-teacher", daemon=True)
         self._thread.start()
         self._transport = transport
+        if transport is None:
+            import_transport(spec.transport)
         self._rate = None
         self._slots = None
+        self._budgeted = True  # whether requests are counted against a budget (set with the transport)
         self._tasks: set[asyncio.Future] = set()
+        self._pending: list[tuple[list[Completion], asyncio.Future]] = []  # completions waiting for their commit
+        self._writing = False  # a commit is running on the writer thread
+        self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="stepwise-cache")
 
     @classmethod
     def build(cls, spec: OpenAITeacherSpec, options) -> OpenAIBackend:
@@ -133,6 +151,7 @@ class OpenAIBackend:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=30)
         self._loop.close()
+        self._writer.shutdown(wait=True)
 
     # ── engine, on the loop thread ───────────────────────────────────────────────────────────────────────────
     def _ensure_started(self) -> None:
@@ -142,6 +161,8 @@ class OpenAIBackend:
                 self._transport = build_transport(s.transport, s.base_url, self._api_key, s.timeout_s,
                                                   s.max_concurrency)
             self._rate = self._shared_rate if self._shared_rate is not None else RateBudget(s.rpm, s.tpm)
+            self._budgeted = bool(self._shared_rate is not None or s.rpm or s.tpm or self.price
+                                  or not isinstance(self.meter, CostMeter))
             self._slots = AdaptiveConcurrency(s.max_concurrency)
 
     async def _complete(self, requests: list[TeacherRequest]) -> list[Completion]:
@@ -223,17 +244,44 @@ class OpenAIBackend:
             for c in out:
                 self._emit(c, False)
             return out
-        return self._completions(members, resp, latency)
+        return await self._completions(members, resp, latency)
 
-    def _completions(self, members, resp: ChatResponse, latency: float) -> list[Completion]:
+    async def _completions(self, members, resp: ChatResponse, latency: float) -> list[Completion]:
         out = choice_completions(members, resp, latency, self.model, self.price)
-        for c in out:
-            if self.cache is not None and c.text is not None:
-                self.cache.put(c)  # durable before anything else happens: paid once, kept
+        await self._store(out)  # durable before anything else happens: paid once, kept
         self._count(out)
         for c in out:
             self._emit(c, False)
         return out
+
+    async def _store(self, completions: list[Completion]) -> None:
+        """Commit completions to the request cache. One commit at a time runs on a worker thread, so the event loop
+        never waits on the disk; answers that arrive while it runs wait for the next one and are committed
+        together, in one transaction (the busier the teacher, the larger the batch). Each caller resumes only
+        once its completions are committed."""
+        if self.cache is None:
+            return
+        future = self._loop.create_future()
+        self._pending.append((completions, future))
+        if not self._writing:
+            self._flush()
+        await future
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        self._writing = True
+        done = self._loop.run_in_executor(self._writer, self.cache.put_many, [c for cs, _ in batch for c in cs])
+
+        def settle(result: asyncio.Future) -> None:
+            error = result.exception()
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error) if error else future.set_result(None)
+            self._writing = False
+            if self._pending:
+                self._flush()
+
+        done.add_done_callback(settle)
 
     def _count(self, out: list[Completion]) -> None:
         """Count answers and failures; past the error budget the job stops (TeacherFailingError)."""
@@ -266,8 +314,7 @@ class OpenAIBackend:
                               (stage1.latency_s or 0) + (stage2.latency_s or 0), stage2.model, None,
                               (stage1.cost_usd or 0) + (stage2.cost_usd or 0) if self.price else None,
                               reasoning=stage1.reasoning, reasoning_tokens=stage1.reasoning_tokens)
-        if self.cache is not None:
-            self.cache.put(combined)
+        await self._store([combined])
         return [combined]
 
     async def _cached_or_call(self, req: TeacherRequest) -> list[Completion]:
@@ -278,15 +325,30 @@ class OpenAIBackend:
         return await self._call([(req, key)])
 
     async def _send_with_retries(self, body: dict[str, Any], headers: dict[str, str]) -> tuple[ChatResponse, float]:
+        """The first attempt goes straight out; only a request that failed for a transient reason gets tenacity's
+        machinery (built per call, so it is not built for the requests that need none)."""
+        try:
+            return await self._send(body, headers)
+        except TransientTeacherError as exc:
+            if self.spec.max_attempts == 1:
+                raise
+            self.stats.retries += 1
+            await asyncio.sleep(self._first_wait(exc))
         retrying = AsyncRetrying(retry=retry_if_exception_type(TransientTeacherError),
-                                 stop=stop_after_attempt(self.spec.max_attempts), wait=self._wait, reraise=True,
+                                 stop=stop_after_attempt(self.spec.max_attempts - 1), wait=self._wait, reraise=True,
                                  before_sleep=self._count_retry)
         async for attempt in retrying:
             with attempt:
                 return await self._send(body, headers)
         raise AssertionError("tenacity returns or raises")  # pragma: no cover
 
-    _backoff = wait_exponential(multiplier=0.5, max=30.0) + wait_random(0, 0.5)
+    def _first_wait(self, exc: TransientTeacherError) -> float:
+        """The wait after a first failure: the server's, else the first step of the backoff."""
+        if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
+            return exc.retry_after
+        return 0.5 + random.uniform(0, 0.5)
+
+    _backoff = wait_exponential(multiplier=1.0, max=30.0) + wait_random(0, 0.5)  # from the second retry on
 
     def _wait(self, state) -> float:
         exc = state.outcome.exception() if state.outcome else None
@@ -300,20 +362,27 @@ class OpenAIBackend:
     async def _send(self, body: dict[str, Any], headers: dict[str, str]) -> tuple[ChatResponse, float]:
         if self._fatal is not None:
             raise self._fatal
-        tokens = request_tokens(body)
-        out_max = output_budget(body)  # max_completion_tokens when the job sets it, else max_tokens
-        await self._rate.acquire(tokens)
+        # budgets (RPM / TPM, a price or cost cap, a budget shared by Ray workers) count what a request may cost;
+        # a job with none skips the counting, but never a pause the server asked for (a 429's Retry-After)
+        budgeted = self._budgeted
+        if budgeted:
+            tokens = request_tokens(body)
+            out_max = output_budget(body)  # max_completion_tokens when the job sets it, else max_tokens
+            await self._rate.acquire(tokens)
+        elif self._rate.pause_until > time.monotonic():
+            await self._rate.acquire(0)
         await self._slots.acquire()
         outcome = "error"
         reserved, actual = 0.0, None
         try:
             if self._fatal is not None:  # the job stopped while this request waited for its turn
                 raise self._fatal
-            try:
-                reserved = await self.meter.reserve(tokens - out_max, out_max)  # only what is about to fly
-            except BudgetExhaustedError as exc:
-                self._fatal = exc
-                raise
+            if budgeted:
+                try:
+                    reserved = await self.meter.reserve(tokens - out_max, out_max)  # only what is about to fly
+                except BudgetExhaustedError as exc:
+                    self._fatal = exc
+                    raise
             started = time.monotonic()
             try:
                 resp = await self._transport.chat(body, headers)
@@ -341,7 +410,8 @@ class OpenAIBackend:
             return resp, latency
         finally:
             self._slots.release(outcome)
-            await self.meter.settle(reserved, actual)
+            if budgeted:
+                await self.meter.settle(reserved, actual)
 
     def _respect_headers(self, headers: dict[str, str]) -> None:
         """When the server says a budget is used up, hold every sender until its reset."""

@@ -257,3 +257,14 @@ def test_import_dsbs_export(svamp_corpus, tmp_path):
     first, second = json.loads(lines[0]), json.loads(lines[1])
     assert first["input"].startswith("predict: ") and second["input"].startswith("explain: ")
     assert first["input"][len("predict: "):] == second["input"][len("explain: "):]
+
+
+def test_the_fast_exit_flushes_a_large_piped_output_and_keeps_the_exit_code(tmp_path):
+    """`stepwise` ends with os._exit after a command: whatever it printed must still all arrive."""
+    proc = stepwise("query", "--corpus", str(tmp_path), "--format", "jsonl", "--max-rows", "200000",
+                    "SELECT i, repeat('x', 20) AS pad FROM range(200000) t(i)")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 200000 and json.loads(lines[-1]) == {"i": 199999, "pad": "x" * 20}
+    refused = stepwise("query", "--corpus", str(tmp_path), "SELECT 1; SELECT 2")
+    assert refused.returncode == 1 and "exactly one statement" in said(refused)

@@ -101,9 +101,9 @@ def write_job(path: Path, data: dict) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> tuple[Path, dict, dict]:
-    folder = tmp_path_factory.mktemp("exports")
+def build_corpus(folder: Path) -> tuple[Path, dict, dict]:
+    """The pears job (30 questions, two samples each, some rejected) and the quiz job (6 questions, 5 accepted),
+    run from replay files in `folder`; returns the corpus root and the expected records of each."""
     arith, mc = arith_data(folder), mc_data(folder)
     write_job(folder / "pears.yaml", {
         "job_id": ARITH, "task": "arithmetic", "prompt": "few_shot_cot", "sampling": {"n": 2, "temperature": 0.7},
@@ -122,6 +122,11 @@ def corpus(tmp_path_factory) -> tuple[Path, dict, dict]:
     assert (s1.n_records, s1.n_accepted, s1.shards_run) == (60, sum(e["accepted"] for e in arith.values()), 4)
     assert (s2.n_records, s2.n_accepted) == (6, 5)
     return root, arith, mc
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> tuple[Path, dict, dict]:
+    return build_corpus(tmp_path_factory.mktemp("exports"))
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -288,9 +293,9 @@ SPLIT = (0.8, 0.1, 0.1)
 
 
 def _split_rows(folder: Path, ext: str) -> dict[str, list[dict]]:
-    if ext == "parquet":
-        return {s: pq.read_table(folder / f"{s}.parquet").to_pylist() for s in ("train", "valid", "test")}
-    return {s: read_jsonl(folder / f"{s}.jsonl") for s in ("train", "valid", "test")}
+    """The rows of each split file there is (an empty split has none)."""
+    read = (lambda p: pq.read_table(p).to_pylist()) if ext == "parquet" else read_jsonl
+    return {s: read(folder / f"{s}.{ext}") for s in ("train", "valid", "test") if (folder / f"{s}.{ext}").exists()}
 
 
 @pytest.mark.parametrize(("fmt", "ext"), [("dsbs", "jsonl"), ("finetune_cot", "jsonl"), ("parquet", "parquet")])
@@ -323,8 +328,9 @@ def test_split_is_deterministic_and_changes_with_the_seed(corpus, tmp_path):
     first = assignment(tmp_path / "a", 0)
     again = assignment(tmp_path / "b", 0)
     assert first == again
-    for s in ("train", "valid", "test"):
-        assert (tmp_path / "a" / f"{s}.jsonl").read_bytes() == (tmp_path / "b" / f"{s}.jsonl").read_bytes()
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted(p.name for p in (tmp_path / "b").iterdir())
+    for p in (tmp_path / "a").iterdir():
+        assert p.read_bytes() == (tmp_path / "b" / p.name).read_bytes()
     other = assignment(tmp_path / "c", 1)
     assert other != first and set(other) == set(first)
 
@@ -442,8 +448,9 @@ def test_chat_think_writes_the_trace_inline(reasoning_corpus, tmp_path):
 def test_chat_think_splits_like_the_other_formats(reasoning_corpus, tmp_path):
     out = tmp_path / "split"
     summary = export_job(reasoning_corpus, THINK, "chat_think", out, split=SPLIT, seed=0)
-    assert sum(summary.rows.values()) == 3
-    assert sorted(p.name for p in out.iterdir()) == ["test.jsonl", "train.jsonl", "valid.jsonl"]
+    assert summary.rows == {"train": 3} and summary.empty_splits == ["valid", "test"]  # three examples, all train
+    assert sorted(p.name for p in out.iterdir()) == ["train.jsonl"]
+    assert summary.warnings == ["split train has 3 rows; OpenAI fine-tuning asks for at least 10"]
 
 
 @pytest.mark.parametrize("fmt", ["finetune_cot", "dsbs", "parquet"])

@@ -116,11 +116,11 @@ def test_every_export_format_of_an_s3_corpus_matches_the_local_one_byte_for_byte
     run_job(load_job(job), tmp_path / "local")
     run_job(load_job(job), s3.uri())
     for fmt in FORMATS.names():
-        ext = "parquet" if fmt == "parquet" else "jsonl"
-        a = export_job(tmp_path / "local", "kill-test", fmt, tmp_path / "a" / f"{fmt}.{ext}")
-        b = export_job(s3.uri(), "kill-test", fmt, tmp_path / "b" / f"{fmt}.{ext}")
+        name = fmt if FORMATS.get(fmt).folder else f"{fmt}.{'parquet' if fmt == 'parquet' else 'jsonl'}"
+        a = export_job(tmp_path / "local", "kill-test", fmt, tmp_path / "a" / name)
+        b = export_job(s3.uri(), "kill-test", fmt, tmp_path / "b" / name)
         assert a.rows == b.rows and a.records > 0
-        assert (tmp_path / "a" / f"{fmt}.{ext}").read_bytes() == (tmp_path / "b" / f"{fmt}.{ext}").read_bytes()
+        assert _contents(tmp_path / "a" / name) == _contents(tmp_path / "b" / name), fmt
     stepwise("export", "--corpus", s3.uri(), "--job", "kill-test", "--format", "dsbs", "--out",
              str(tmp_path / "split"), "--split", "0.8,0.1,0.1", check=True)
     split = export_job(tmp_path / "local", "kill-test", "dsbs", tmp_path / "split-local", split=(0.8, 0.1, 0.1))
@@ -130,6 +130,13 @@ def test_every_export_format_of_an_s3_corpus_matches_the_local_one_byte_for_byte
             (tmp_path / "split-local" / f"{name}.jsonl").read_bytes()
     with pytest.raises(StorageError, match="no records"):
         export_job(s3.uri(), "no-such-job", "chat", tmp_path / "none.jsonl")
+
+
+def _contents(path) -> dict[str, bytes]:
+    """A file's bytes, or every file of a folder export by its relative path."""
+    if path.is_file():
+        return {"": path.read_bytes()}
+    return {str(f.relative_to(path)): f.read_bytes() for f in sorted(path.rglob("*")) if f.is_file()}
 
 
 def test_a_file_uri_goes_through_the_filesystem_path_with_temp_names_moved_into_place(tmp_path):

@@ -289,3 +289,20 @@ def test_records_view_types_and_rows(tmp_path):
 
 
 # The query sandbox (refusals, caps, timeouts, a corpus left byte-identical): tests/storage/test_query_sandbox.py
+
+
+@pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
+@pytest.mark.parametrize("tz", [None, "UTC", "Europe/Paris", "+05:30"])
+def test_read_rows_converts_timestamps_as_pyarrow_does(tmp_path, unit, tz):
+    """`read_rows` converts timestamps itself (pyarrow's conversion imports pandas); it must agree with pyarrow."""
+    from stepwise.storage.location import CorpusLocation
+
+    moments = [0, 1_700_000_000, -86_400 * 400, None, 1_234_567_890]
+    scale = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[unit]
+    values = [None if m is None else m * scale + (scale // 1000) * 7 for m in moments]
+    schema = pa.schema([("at", pa.timestamp(unit, tz=tz)), ("n", pa.int64()), ("missing", pa.string())])
+    table = pa.table({"at": pa.array(values, pa.timestamp(unit, tz=tz)), "n": list(range(5))})
+    pq.write_table(table, tmp_path / "t.parquet")
+    got = CorpusLocation(tmp_path).read_rows("t.parquet", schema=schema)
+    assert [r["at"] for r in got] == table.column("at").to_pylist()
+    assert [r["n"] for r in got] == list(range(5)) and all(r["missing"] is None for r in got)

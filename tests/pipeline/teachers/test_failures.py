@@ -8,7 +8,6 @@ exit 1, naming the teacher's URL, and the next run sends exactly the requests th
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sqlite3

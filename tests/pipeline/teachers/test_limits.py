@@ -354,3 +354,41 @@ def test_waiter_woken_and_cancelled_at_once_hands_its_slot_on():
         assert slots.in_flight == 0
 
     asyncio.run(run())
+
+
+def test_concurrency_opens_in_a_ramp_then_holds_every_slot():
+    """The first `opening` slots are open at once, then twice as many every ramp_s, up to the maximum."""
+    async def run() -> None:
+        slots = AdaptiveConcurrency(100, opening=8, ramp_s=0.02)
+        waiters = [asyncio.ensure_future(slots.acquire()) for _ in range(100)]
+        await asyncio.sleep(0)
+        assert slots.in_flight == 8  # the opening: the rest wait for the ramp
+        seen = [slots.in_flight]
+        for _ in range(6):
+            await asyncio.sleep(0.025)
+            seen.append(slots.in_flight)
+        assert seen[-1] == 100 and all(w.done() for w in waiters)
+        assert seen == sorted(seen) and 8 < seen[1] <= 32  # widened step by step, not in one go
+        for _ in range(100):
+            slots.release("ok")
+        # once open, a burst is admitted at once
+        for _ in range(100):
+            await asyncio.wait_for(slots.acquire(), 0.01)
+        assert slots.in_flight == 100
+
+    asyncio.run(run())
+
+
+def test_concurrency_ramp_never_opens_past_a_lowered_limit():
+    async def run() -> None:
+        slots = AdaptiveConcurrency(64, cooldown_s=60.0, opening=4, ramp_s=0.01)
+        for _ in range(4):
+            await slots.acquire()
+        slots.release("throttled")  # limit 32 while the ramp is still widening
+        waiters = [asyncio.ensure_future(slots.acquire()) for _ in range(60)]
+        await asyncio.sleep(0.1)
+        assert slots.limit == 32.0 and slots.in_flight == 32
+        for w in waiters:
+            w.cancel()
+
+    asyncio.run(run())
