@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/dsbs_accuracy.py
 	$(BIN)/python bench/teacher_throughput.py
 	$(BIN)/python bench/api_load.py
+	$(BIN)/python bench/viewer_records.py
 
 clean:
 	rm -rf $(VENV) $(CORPUS) exports .pytest_cache

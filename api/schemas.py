@@ -122,8 +122,11 @@ class JobList(BaseModel):
 
 
 class RecordSort(StrEnum):
-    """What a records page can be sorted by (`*_chars`: the length of that text)."""
+    """What a records page can be sorted by (`*_chars`: the length of that text; `position`: the order the records
+    are stored in on a local corpus: shard by shard in dataset order, a shard's bad rows first, then its examples in
+    dataset order; example id order on an object store)."""
 
+    POSITION = "position"
     EXAMPLE_ID = "example_id"
     SAMPLE_IDX = "sample_idx"
     LABEL = "label"

@@ -12,23 +12,23 @@ generation well under a minute.
 The real `stepwise serve` (token in $STEPWISE_API_TOKEN) runs on a free loopback port; each page is asked
 `--repeat` times, one request at a time, after one warm-up request:
 
-    first      the first page (50 rows, brief)
-    deep       offset 500,000 (50 rows, brief)
-    filtered   reason=incorrect & correct=false
-    sorted     sort=agreement & order=desc
-    search     q=<a word in one trace of 40> (it reads every text of the job)
-    full       the first page without `brief` (every text whole)
-    example    GET /v1/jobs/{id}/examples/{example_id} of the first record
+    first           the first page (50 rows, brief), in the default order (stored order)
+    deep            offset 500,000 (50 rows, brief)
+    filtered        reason=incorrect & correct=false
+    sorted          sort=agreement & order=desc
+    by_id           sort=example_id (ids are hashes: the page's rows lie in ~13 part files)
+    filtered_by_id  the filtered page in example id order (its rows lie in ~40 part files)
+    search          q=<a word in one trace of 40> (it reads every text of the job)
+    full            the first page without `brief` (every text whole)
+    example         GET /v1/jobs/{id}/examples/{example_id} of the first record
 
 Per page: p50 / p90 / p99 latency, p50 over the issue's bar (300 ms), the server process's CPU per request (all
 its threads: the steadier figure when other programs share the machine), the page's `total`, rows and size.
 
-What limits a page (measured with this corpus): pyarrow, under the views, decodes whole row groups of every
-column a query reads and cannot read single rows or pages (apache/arrow#45284), so fetching a page's rows costs
-about 40 ms of CPU per part file it touches (10,000 records, 3.4 KB of text each); a 50-row page in example-id
-order touches ~13 of them, a filtered one ~40 (see `storage/pages.py`). Finding the page (narrow columns, all of
-the job) costs 150-400 ms of CPU more. Parts of the default shard size (1,000 examples: `--parts 250`) cut it
-by half or more.
+What limits a page (see `storage/pages.py`): finding the page's keys and counting the matches read narrow columns
+of the whole job (40-130 ms with DuckDB's Parquet reader); reading the page's rows costs ~13 ms per part file that
+holds some of them, because a part file's text columns are decompressed whole (one row group per shard). In the
+stored order a page's rows lie in one or two part files; sorted by a column or an id they are spread over many.
 
     python bench/viewer_records.py                          # build in a temp folder, measure, remove it
     python bench/viewer_records.py --keep /tmp/viewer-1m    # build once, reuse the corpus on later runs
@@ -227,6 +227,8 @@ PAGES = {  # name -> query of GET /v1/jobs/{id}/records
     "deep": "limit=50&offset=500000&brief=true",
     "filtered": "reason=incorrect&correct=false&limit=50&brief=true",
     "sorted": "sort=agreement&order=desc&limit=50&brief=true",
+    "by_id": "sort=example_id&limit=50&brief=true",
+    "filtered_by_id": "reason=incorrect&correct=false&sort=example_id&limit=50&brief=true",
     "search": f"q={SEARCH_WORD}&limit=50&brief=true",
     "full": "limit=50",
 }
@@ -335,11 +337,11 @@ def main() -> None:
         return
     print(f"GET /v1/jobs/{{id}}/records over {args.records:,} records in {args.parts} part files, real HTTP on "
           f"loopback, one request at a time ({os.cpu_count()} cores, load average {load:.1f} at the start)")
-    print(f"  {'page':<9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'p50/bar':>8} {'server CPU ms':>14} "
+    print(f"  {'page':<14} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'p50/bar':>8} {'server CPU ms':>14} "
           f"{'total':>10} {'rows':>5} {'KiB':>7}")
     for name, r in result.items():
         total = "" if r["total"] is None else f"{r['total']:,}"
-        print(f"  {name:<9} {r['p50_ms']:>8.1f} {r['p90_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['p50_ms'] / BAR_MS:>8.2f} "
+        print(f"  {name:<14} {r['p50_ms']:>8.1f} {r['p90_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['p50_ms'] / BAR_MS:>8.2f} "
               f"{r['server_cpu_ms']:>14.1f} {total:>10} {r['rows']:>5} {r['kb']:>7.1f}")
     print(f"  (p50/bar: p50 over the issue's bar of {BAR_MS:.0f} ms; server CPU: the server process's CPU per "
           f"request, all its threads; example: GET /v1/jobs/{{id}}/examples/{{example_id}})")

@@ -145,6 +145,11 @@ def _local_parts(root: Path) -> tuple[tuple[Part, ...], tuple[Part, ...]]:
     return record_parts, _listing(os.path.join(root, layout.JOBS), _part_file)
 
 
+def job_parts(folder: str) -> tuple[Part, ...]:
+    """The part files of one local job folder (records/<job_id>), as the views would read them."""
+    return _listing(folder, _part_file)
+
+
 def _store_parts(corpus: CorpusLocation, folder: str, depth: int) -> tuple[Part, ...]:
     """Part files `depth` levels below `folder` on an object store, with size and mtime from one listing."""
     return tuple((info.path, info.size or 0, info.mtime_ns or 0, 0)
@@ -327,7 +332,7 @@ def _run(corpus: CorpusLocation, sql: str, max_rows: int, timeout_s: float,
     for last in (False, True):
         cursor, parts = _cursor(corpus)
         try:
-            with _sandboxed(cursor, timeout_s) as expired:
+            with sandboxed(cursor, timeout_s) as expired:
                 relation = cursor.sql(statement, params=params)
                 return consume(relation.limit(max_rows + 1).to_arrow_reader(BATCH_ROWS))
         except QueryError as exc:
@@ -337,7 +342,7 @@ def _run(corpus: CorpusLocation, sql: str, max_rows: int, timeout_s: float,
 
 
 @contextmanager
-def _sandboxed(cursor: duckdb.DuckDBPyConnection, timeout_s: float) -> Iterator[threading.Event]:
+def sandboxed(cursor: duckdb.DuckDBPyConnection, timeout_s: float) -> Iterator[threading.Event]:
     """Interrupt the cursor's work after `timeout_s` (the event yielded is then set); DuckDB errors become
     QueryErrors, a permission error (the query tried to open a file) a QueryRefusedError. The cursor is closed
     at the end."""

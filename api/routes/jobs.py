@@ -103,10 +103,11 @@ Filters = Annotated[RecordFilter, Depends(record_filter)]
 async def list_records(job_id: JobId, service: Service, corpus: Corpus, request: Request, where: Filters,
                        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
                        offset: Annotated[int, Query(ge=0, le=100_000_000)] = 0,
-                       sort: RecordSort = RecordSort.EXAMPLE_ID, order: Literal["asc", "desc"] = "asc",
+                       sort: RecordSort = RecordSort.POSITION, order: Literal["asc", "desc"] = "asc",
                        brief: Annotated[bool, Query(description="long texts cut to 280 characters, their lengths "
                                                                 "added as *_chars")] = False) -> RecordPage:
-    """A job's records, filtered, sorted (ties by example_id, sample_idx) and paged; `total` counts the matches."""
+    """A job's records, filtered, sorted (by default in stored order; ties by example_id, sample_idx) and paged;
+    `total` counts the matches."""
     def page() -> RecordPage:
         service.get(job_id)  # 404 for an unknown job
         found = record_page(corpus, job_id, where, sort=sort.value, order=order, limit=limit, offset=offset,

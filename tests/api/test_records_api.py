@@ -8,6 +8,7 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from stepwise.prompts import TEMPLATES
@@ -21,7 +22,7 @@ SLASHED = "ex/ample é 1"          # an example id from a dataset: slashes, spac
 LITERAL = "100% of the_box: 'single' \"double\" [x]"  # a rationale with LIKE wildcards and quotes
 LONG = "Counting carefully, one group at a time. " * 12   # a rationale longer than the brief cut
 TRACE = "Let me think about the apples. " * 20
-SORTS = ["example_id", "sample_idx", "label", "gold_label", "agreement", "reject_reason", "tokens_in", "tokens_out",
+SORTS = ["position", "example_id", "sample_idx", "label", "gold_label", "agreement", "reject_reason", "tokens_in", "tokens_out",
          "cost_usd", "latency_s", "created_at", "rationale_chars", "reasoning_chars"]
 
 
@@ -85,7 +86,7 @@ def corpus(server, tmp_path_factory) -> Corpus:
     _submit(server, "viewer-gone", folder, {"id": "few_shot_cot", "path": str(template)},
             _answers(problems(2)), problems(2))
     template.unlink()
-    everything = server.get(f"/v1/jobs/{JOB}/records?limit=1000").json()["items"]
+    everything = server.get(f"/v1/jobs/{JOB}/records?limit=1000&sort=example_id").json()["items"]
     assert len(everything) == 11 * N_SAMPLES + 1
     return Corpus(server, everything, folder)
 
@@ -123,7 +124,7 @@ def keys(items: list[dict]) -> list[tuple[str, int]]:
 ])
 def test_each_filter_finds_exactly_the_records_it_names(corpus, query, keep):
     expected = [r for r in corpus.everything if keep(r)]
-    found = page(corpus, f"{query}&limit=1000")
+    found = page(corpus, f"{query}&limit=1000&sort=example_id")
     assert keys(found["items"]) == keys(expected)
     assert found["total"] == len(expected)
 
@@ -156,8 +157,32 @@ def _sort_key(name: str):
     return value
 
 
+def stored_order(corpus: Corpus, job: str = JOB) -> list[tuple[str, int]]:
+    """The records' keys as the part files hold them, file after file (shard order)."""
+    folder = corpus.server.corpus / "records" / job
+    return [(r["example_id"], r["sample_idx"]) for part in sorted(folder.glob("*.parquet"))
+            for r in pq.read_table(part, columns=["example_id", "sample_idx"]).to_pylist()]
+
+
 @pytest.mark.parametrize("order", ["asc", "desc"])
-@pytest.mark.parametrize("sort", SORTS)
+def test_the_default_order_is_the_stored_order(corpus, order):
+    stored = stored_order(corpus)
+    assert len(stored) == len(corpus.everything) and len({k for k, _ in stored}) == 12
+    found = page(corpus, f"order={order}&limit=1000")
+    assert keys(found["items"]) == (stored if order == "asc" else stored[::-1])
+    assert keys(page(corpus, "limit=1000")["items"]) == keys(page(corpus, "sort=position&limit=1000")["items"])
+    # shard by shard, the examples in the dataset's order (a shard's bad rows come first in it)
+    examples = [k for k in dict.fromkeys(k for k, _ in stored) if k != "p-bad"]
+    assert examples == [f"p{i:03d}" for i in range(10)] + [SLASHED]
+    # pages of it never overlap
+    pages = [keys(page(corpus, f"limit=7&offset={o}")["items"]) for o in range(0, len(stored), 7)]
+    assert [k for p in pages for k in p] == stored
+    filtered = keys(page(corpus, "reason=incorrect&limit=1000")["items"])
+    assert filtered == [k for k in stored if k in set(filtered)] and filtered
+
+
+@pytest.mark.parametrize("order", ["asc", "desc"])
+@pytest.mark.parametrize("sort", SORTS[1:])
 def test_each_sort_orders_by_its_column_nulls_last_then_by_example_and_sample(corpus, sort, order):
     value = _sort_key(sort)
     present = [r for r in corpus.everything if value(r) is not None]
@@ -186,7 +211,7 @@ def test_pages_never_overlap_and_together_hold_every_match(corpus, query):
 
 def test_brief_cuts_long_texts_and_reports_their_lengths(corpus):
     full = {(r["example_id"], r["sample_idx"]): r for r in corpus.everything}
-    items = page(corpus, "brief=true&limit=1000")["items"]
+    items = page(corpus, "brief=true&limit=1000&sort=example_id")["items"]
     assert keys(items) == keys(corpus.everything)
     for r in items:
         whole = full[(r["example_id"], r["sample_idx"])]
