@@ -52,8 +52,9 @@ class Bar:
 
     def start(self, total_requests: int, total_shards: int, live: bool) -> None:
         self.live = live
-        self.progress.update(self.task, total=total_requests if live else total_shards,
-                             unit="requests" if live else "shards")
+        total = total_requests if live else total_shards
+        # 0: the dataset's size is not known before the end (CSV, JSON arrays): counted, with no bar to fill
+        self.progress.update(self.task, total=total or None, unit="requests" if live else "shards")
 
     def completion(self, completion, cached: bool) -> None:
         self.tokens += (completion.tokens_in or 0) + (completion.tokens_out or 0)

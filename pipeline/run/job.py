@@ -90,7 +90,8 @@ def run_job(spec: JobSpec, root: str | Path | CorpusLocation, *, items: Sequence
         # registry write (pyarrow's array building imports pandas, a quarter of a second)
         shards = _Shards(ctx, rows, started=lambda: registry.save(state))
         # the heartbeat file (live rate, ETA, last errors for the REST service) sees every event first
-        with HeartbeatWriter(corpus, job_id, inner=progress) as beat:
+        kept = _Kept(progress)  # the counters of the shards this run writes: their footers are not read again
+        with HeartbeatWriter(corpus, job_id, inner=kept) as beat:
             per_example = spec.sampling.stop_after_accepted or spec.sampling.n  # the fewest asked for
             skipped = len(finished & set(range(n_shards))) if n_shards else len(finished)
             per_request = ctx.backend.backend != "replay" and spec.executor.kind == "local"
@@ -117,7 +118,7 @@ def run_job(spec: JobSpec, root: str | Path | CorpusLocation, *, items: Sequence
         if ids is not None:
             ids.close()
     registry.clear_cancel(job_id)
-    summary = summarize(corpus, job_id)
+    summary = summarize(corpus, job_id, kept.summaries)
     unavailable = summary.reject_reasons.get(RejectReason.TEACHER_UNAVAILABLE, 0)
     if status == JobStatus.COMPLETED and unavailable:  # the work failed in part: never `completed`, exit 0
         where = getattr(spec.teacher, "base_url", None) or f"the {spec.teacher.backend} backend"
@@ -160,6 +161,28 @@ class _Shards:
                 self.on_started()
         if first:
             self.on_started()
+
+
+class _Kept:
+    """A progress display in between (or none) that keeps each finished shard's counters."""
+
+    def __init__(self, inner: Progress | None):
+        self.inner = inner
+        self.summaries: dict[int, dict] = {}
+
+    def start(self, total_requests: int, total_shards: int, live: bool) -> None:
+        if self.inner:
+            self.inner.start(total_requests, total_shards, live)
+
+    def completion(self, completion, cached: bool) -> None:
+        if self.inner:
+            self.inner.completion(completion, cached)
+
+    def shard_done(self, result: ShardResult) -> None:
+        if result.summary is not None:
+            self.summaries[result.index] = result.summary
+        if self.inner:
+            self.inner.shard_done(result)
 
 
 def _signature(spec: JobSpec, overwrite: bool) -> str:

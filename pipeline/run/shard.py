@@ -45,12 +45,13 @@ class ShardResult:
     tokens: int = 0
     cost_usd: float = 0.0
     skipped: bool = False
+    summary: dict | None = None  # the counters its part file's footer holds (None: no part file written)
 
     @classmethod
-    def of(cls, index: int, records: Sequence[RationaleRecord]) -> ShardResult:
+    def of(cls, index: int, records: Sequence[RationaleRecord], summary: dict | None = None) -> ShardResult:
         return cls(index, len(records), sum(1 for r in records if r.accepted),
                    sum((r.tokens_in or 0) + (r.tokens_out or 0) for r in records),
-                   sum(r.cost_usd or 0.0 for r in records))
+                   sum(r.cost_usd or 0.0 for r in records), summary=summary)
 
 
 class Progress(Protocol):
@@ -80,14 +81,15 @@ def write_part(corpus: CorpusLocation, job_id: str, shard: int, records: Sequenc
     retry = any(r.reject_reason == RejectReason.TEACHER_UNAVAILABLE for r in records)
     if retry:
         corpus.touch(*layout.retry_marker(job_id, shard))
+    summary = None
     if records:
+        summary = summary_of_records(records)
         table = records_to_table(records)
-        table = table.replace_schema_metadata({**table.schema.metadata,
-                                               SUMMARY_KEY: json.dumps(summary_of_records(records)).encode()})
+        table = table.replace_schema_metadata({**table.schema.metadata, SUMMARY_KEY: json.dumps(summary).encode()})
         corpus.write_table(table, *layout.part(job_id, shard), dictionary=DICTIONARY_COLUMNS)
     if not retry:
         corpus.remove(*layout.retry_marker(job_id, shard))
-    return ShardResult.of(shard, records)
+    return ShardResult.of(shard, records, summary)
 
 
 def _record(ctx: JobContext, created: datetime, example_id: str, sample_idx: int, **kw) -> RationaleRecord:

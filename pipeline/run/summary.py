@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,10 +46,16 @@ class JobSummary:
         self.tokens_saved = round(self.samples_saved * self.tokens_out / sampled) if sampled else 0
 
 
-def summarize(root: str | Path | CorpusLocation, job_id: str) -> JobSummary:
-    """Counters for a job, read back from its part files (the durable truth)."""
+def summarize(root: str | Path | CorpusLocation, job_id: str, known: Mapping[int, dict] | None = None) -> JobSummary:
+    """Counters for a job, from its part files (the durable truth): the footers of its part files, but for the
+    shards in `known` (shard index -> the counters its part file's footer holds, kept by the run that just wrote
+    it), whose footers need not be read again."""
     corpus = CorpusLocation.of(root)
-    return summarize_files(corpus, job_id, corpus.list_files(layout.RECORDS, job_id))
+    known = known or {}
+    files = corpus.list_files(layout.RECORDS, job_id)
+    kept = [_summary(job_id, known[i]) for i in (layout.shard_of(f) for f in files) if i in known]
+    unread = [f for f in files if layout.shard_of(f) not in known]
+    return merge_summaries(job_id, (*kept, summarize_files(corpus, job_id, unread)))
 
 
 SUMMARY_KEY = b"stepwise.summary"  # a part file's counters, in its Parquet footer (key-value metadata)
@@ -82,7 +88,10 @@ def _file_summary(corpus: CorpusLocation, job_id: str, path: str) -> JobSummary:
         with corpus.fs.open_input_file(path) as fh:
             meta = pq.read_metadata(fh)
     kept = (meta.metadata or {}).get(SUMMARY_KEY)
-    counts = json.loads(kept) if kept is not None else _counted(corpus, path)
+    return _summary(job_id, json.loads(kept) if kept is not None else _counted(corpus, path))
+
+
+def _summary(job_id: str, counts: dict) -> JobSummary:
     summary = JobSummary(job_id=job_id, status="", **{k: counts[k] for k in _COUNTERS})
     summary.n_rejected = summary.n_records - summary.n_accepted
     return summary

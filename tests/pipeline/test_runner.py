@@ -109,3 +109,27 @@ def test_auto_task_kind_and_unlabeled_data(tmp_path):
     assert summary.reject_reasons == {"missing_completion": 2}
     rows = query(tmp_path / "corpus", "SELECT gold_label, correct, prompt_id FROM records").table.to_pylist()
     assert rows == [{"gold_label": None, "correct": None, "prompt_id": "zero_shot_cot"}] * 2
+
+
+def test_the_end_summary_keeps_what_the_run_wrote_and_reads_the_footers_of_the_rest(tmp_path, monkeypatch):
+    """A run's summary adds the counters it kept of the shards it wrote to the footers of the shards it skipped:
+    it equals the summary read back from every part file, and reads no footer of a shard it wrote itself."""
+    from stepwise.pipeline.run import summary as summaries
+
+    job = make_job(tmp_path, 250, samples=2, shard_size=100)
+    corpus = tmp_path / "c"
+    first = run_job(load_job(job), corpus)
+    (corpus / "records" / "kill-test" / "shard-000001.parquet").unlink()  # lost: the rerun does it again
+    read: list[str] = []
+    real = summaries._file_summary
+    monkeypatch.setattr(summaries, "_file_summary", lambda c, j, path: read.append(Path(path).name) or real(c, j, path))
+    again = run_job(load_job(job), corpus)
+    assert (again.shards_run, again.shards_skipped) == (1, 2)
+    assert sorted(read) == ["shard-000000.parquet", "shard-000002.parquet"]  # shard 1's counters were kept
+    fields = ("n_examples", "n_records", "n_accepted", "n_rejected", "n_correct", "tokens_in", "tokens_out",
+              "reject_reasons")
+    assert [getattr(again, f) for f in fields] == [getattr(first, f) for f in fields]
+    read.clear()
+    from_files = summaries.summarize(corpus, "kill-test")
+    assert len(read) == 3 and [getattr(from_files, f) for f in fields] == [getattr(first, f) for f in fields]
+    assert first.n_records == 500 and 0 < first.n_accepted < 500
