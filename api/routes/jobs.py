@@ -35,6 +35,7 @@ from stepwise.pipeline.exports import FORMATS, FormatName, export_job
 from stepwise.pipeline.spec import JobSpec
 from stepwise.storage.pages import MAX_SEARCH_CHARS, RecordFilter, example_records, record_page
 
+ZIP = "application/zip"
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Authorized, StrictQuery],
                    route_class=StrictJSONRoute)
 
@@ -133,23 +134,29 @@ async def get_example(job_id: JobId, example_id: Annotated[str, PathParam(min_le
 
 
 @router.get("/{job_id}/export", response_class=FileResponse, responses={
-    **errors(404), 200: {"description": "the export file", "content": {PARQUET: {},
-                                                                        "application/x-ndjson": {}}}})
+    **errors(404), 200: {"description": "the export file", "content": {PARQUET: {}, "application/x-ndjson": {},
+                                                                        ZIP: {}}}})
 async def export(job_id: JobId, service: Service, corpus: Corpus, request: Request,
                  format: FormatName = "parquet") -> FileResponse:
-    """A job's accepted records as a student-training file, streamed (parquet, or JSONL for the others)."""
+    """A job's accepted records as a student-training file, streamed (parquet, JSONL for the chat and CoT formats;
+    a folder format, `hf`, as a zip of its folder)."""
     form = FORMATS.get(format)
     folder = tempfile.mkdtemp(prefix="stepwise-export-")
-    path = Path(folder) / f"{job_id}.{format}.{form.suffix}"
+    name = f"{job_id}.{format}"
+    path = Path(folder) / (f"{name}.zip" if form.folder else f"{name}.{form.suffix}")
 
     def write() -> None:
         service.get(job_id)  # 404 for an unknown job
-        export_job(corpus.address, job_id, format, path)
+        if form.folder is None:
+            export_job(corpus.address, job_id, format, path)
+            return
+        export_job(corpus.address, job_id, format, Path(folder) / name)
+        shutil.make_archive(str(path.with_suffix("")), "zip", root_dir=Path(folder) / name)
 
     try:
         await in_query_slot(request, write)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    return FileResponse(path, media_type=form.media_type, filename=path.name,
+    return FileResponse(path, media_type=ZIP if form.folder else form.media_type, filename=path.name,
                         background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))

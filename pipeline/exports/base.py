@@ -82,13 +82,5 @@ class ExportFormat:
         return FORMATS.register(self.name, self)
 
 
-class _OneFileFormats(Registry[ExportFormat]):
-    """The registered formats that write one file (no `folder`): what the REST export can send back."""
-
-    def names(self) -> tuple[str, ...]:
-        return tuple(name for name in FORMATS.names() if FORMATS.get(name).folder is None)
-
-
 FORMATS: Registry[ExportFormat] = Registry("export format")
-# the pydantic type of a field naming a one-file format (the REST export's `format`: it answers with one file)
-FormatName = _OneFileFormats("export format").field()
+FormatName = FORMATS.field()  # the pydantic type of a field naming a registered format

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+import zipfile
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -98,6 +99,15 @@ def test_a_job_submitted_over_http_completes_and_is_queried_paged_and_exported(s
     assert set(table.column("example_id").to_pylist()) <= {p["id"] for p in problems(30)}
     chat = server.get("/v1/jobs/rest-a/export?format=chat")
     assert chat.status == 200 and len(chat.body.decode().splitlines()) == view["n_accepted"]
+    hub = server.get("/v1/jobs/rest-a/export?format=hf")  # a folder format: its folder, zipped
+    assert hub.status == 200 and hub.headers["content-type"] == "application/zip"
+    assert 'filename="rest-a.hf.zip"' in hub.headers["content-disposition"]
+    with zipfile.ZipFile(io.BytesIO(hub.body)) as archive:
+        names = archive.namelist()
+        assert "README.md" in names and len(names) == len(set(names))
+        parts = [n for n in names if n.startswith("data/") and n.endswith(".parquet")]
+        assert parts and sum(pq.read_table(io.BytesIO(archive.read(n))).num_rows for n in parts) == view["n_accepted"]
+        assert "rest-a" in archive.read("README.md").decode()
 
     again = server.post("/v1/jobs", body)  # the id is taken: resume it instead
     assert again.status == 409 and again.json()["error"]["type"] == "JobConflictError"
