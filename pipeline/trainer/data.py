@@ -136,9 +136,31 @@ def _split_file(folder: Path, split: str) -> Path | None:
     return found[0] if found else None
 
 
+_HUB_SPLITS = {"train": "train", "validation": "valid", "test": "test"}  # an `hf` folder's split names -> ours
+
+
+def _hub_files(folder: Path) -> dict[str, list[Path]]:
+    """The part files of an `hf` export folder (data/<split>-00000-of-00001.parquet) by our split names."""
+    found: dict[str, list[Path]] = {}
+    for part in sorted((folder / "data").glob("*.parquet")):
+        hub = part.name.split("-", 1)[0]
+        if hub in _HUB_SPLITS:
+            found.setdefault(_HUB_SPLITS[hub], []).append(part)
+    return found
+
+
 def read_export(path: Path, split: tuple[float, float, float], split_seed: int) -> dict[str, list[Record]]:
-    """Records by split: a folder written by `stepwise export --split` keeps its split (valid is optional);
-    a single file is split here by example, exactly as the export would have split it."""
+    """Records by split: a folder written by `stepwise export --split` keeps its split (valid is optional), and
+    so does an `hf` folder; a single file, or an `hf` folder with one split, is split here by example, exactly
+    as the export would have split it."""
+    hub = _hub_files(path) if path.is_dir() else {}
+    if hub:
+        records = {s: [r for part in hub.get(s, []) for r in read_export_file(part)] for s in SPLITS}
+        if set(hub) == {"train"}:  # exported without --split
+            return split_records(records["train"], split, split_seed)
+        if not records["train"] or "test" not in hub:
+            raise DatasetError(f"{path}: an hf export folder needs its train and test splits")
+        return records
     if path.is_dir():
         files = {s: _split_file(path, s) for s in SPLITS}
         if files["train"] is None or files["test"] is None:

@@ -335,3 +335,21 @@ def test_push_to_hub_without_the_extra_names_it(corpus, tmp_path, capsys, monkey
     assert code == 1
     assert "needs the hub extra (huggingface_hub): pip install 'stepwise-distill[hub]'" in _said(capsys)
     assert not (tmp_path / "hf").exists()  # checked before anything is written
+
+
+def test_the_trainer_reads_an_hf_folder_as_it_reads_the_parquet_export(corpus, tmp_path):
+    """`stepwise train --export DIR` on an hf folder: the same records by split as the parquet export gives, with
+    its split kept; an hf folder exported without a split is split by the trainer, as a single file would be."""
+    from stepwise.pipeline.trainer.data import read_export
+
+    root, _, _ = corpus
+    export_job(root, ARITH, "hf", tmp_path / "hf", split=SPLIT, seed=0)
+    export_job(root, ARITH, "parquet", tmp_path / "pq", split=SPLIT, seed=0)
+    assert read_export(tmp_path / "hf", SPLIT, 0) == read_export(tmp_path / "pq", SPLIT, 0)
+    export_job(root, ARITH, "hf", tmp_path / "hf-whole")
+    export_job(root, ARITH, "parquet", tmp_path / "whole.parquet")
+    whole = read_export(tmp_path / "hf-whole", SPLIT, 3)
+    assert whole == read_export(tmp_path / "whole.parquet", SPLIT, 3) and whole["train"] and whole["test"]
+    (tmp_path / "hf" / "data" / "test-00000-of-00001.parquet").unlink()
+    with pytest.raises(StepwiseError, match="needs its train and test splits"):
+        read_export(tmp_path / "hf", SPLIT, 0)
