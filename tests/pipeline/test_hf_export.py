@@ -245,16 +245,18 @@ def test_a_job_with_nothing_to_export_writes_no_folder(tmp_path):
     assert not (tmp_path / "hf").exists()
 
 
-def test_the_rest_export_does_not_offer_the_folder_format():
+def test_the_format_name_offers_every_format_the_folder_one_included():
+    """The REST export's `format` names every registered format; a folder format is sent as a zip of its folder
+    (tests/api/test_service.py)."""
     from pydantic import TypeAdapter, ValidationError
 
     from stepwise.pipeline.exports import FormatName
 
     adapter = TypeAdapter(FormatName)
-    assert "hf" in FORMATS.names() and adapter.validate_python("chat") == "chat"
-    with pytest.raises(ValidationError, match="unknown export format 'hf'"):
-        adapter.validate_python("hf")
-    assert "hf" not in adapter.json_schema()["enum"]
+    assert adapter.validate_python("hf") == "hf" and adapter.validate_python("chat") == "chat"
+    assert adapter.json_schema()["enum"] == list(FORMATS.names())
+    with pytest.raises(ValidationError, match="unknown export format 'csv'"):
+        adapter.validate_python("csv")
 
 
 # ── small-split honesty, every format ────────────────────────────────────────────────────────────────────────────
