@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/teacher_throughput.py
 	$(BIN)/python bench/api_load.py
 	$(BIN)/python bench/viewer_records.py
+	$(BIN)/python bench/scale.py
 
 clean:
 	rm -rf $(VENV) $(CORPUS) exports .pytest_cache
