@@ -32,6 +32,7 @@ import pyarrow as pa
 from stepwise.pipeline.errors import QueryError, StorageError
 from stepwise.storage import layout
 from stepwise.storage.catalog import MEMORY_LIMIT, check_read_only, job_parts, query, sandboxed
+from stepwise.storage.jobs import check_job_id
 from stepwise.storage.location import CorpusLocation
 from stepwise.storage.schema import RECORDS_SCHEMA
 
@@ -200,7 +201,7 @@ class _JobFiles:
     @classmethod
     def of(cls, root: Path, job_id: str) -> _JobFiles | None:
         """The job's files now (None when it has none), reusing the last connection while they are unchanged."""
-        folder = os.path.realpath(os.path.join(root, layout.RECORDS, job_id))
+        folder = os.path.realpath(os.path.join(root, layout.RECORDS, check_job_id(job_id)))
         parts = job_parts(folder)
         if not parts:
             return None

@@ -121,3 +121,9 @@ def test_a_part_file_that_resolves_outside_its_job_folder_is_refused(corpus, tmp
     (corpus / "records" / "job-a" / "shard-000007.parquet").symlink_to(outside)
     with pytest.raises(StorageError, match="resolves outside its job folder"):
         record_page(corpus, "job-a")
+
+
+@pytest.mark.parametrize("job_id", ["..", "../records", "job-a/../job-b", "/etc", ""])
+def test_a_job_id_that_is_no_job_id_never_becomes_a_folder(corpus, job_id):
+    with pytest.raises(StorageError, match="job id"):
+        record_page(corpus, job_id)
