@@ -3,8 +3,9 @@
 Content-addressed by `TeacherRequest.cache_key()` (backend, endpoint, model, messages, sampling, sample index,
 and the response schema when there is one) and nothing else, so renaming a job or changing its filters or export
 settings never pays for a completion twice. Stored in SQLite (WAL) under `<corpus>/cache/requests.sqlite`:
-each completion is committed before the engine moves on, so a `kill -9` loses at most the requests that were
-still in flight.
+each completion is committed (in one transaction with the others that arrived meanwhile) before it counts as done,
+and its request holds its concurrency slot until then, so a `kill -9` loses at most the requests that were still
+in flight.
 
 SQLite needs a real filesystem, so for a corpus on an object store (`s3://...`) the cache lives in a local
 folder (`storage.layout.request_cache`). On a multi-node cluster point

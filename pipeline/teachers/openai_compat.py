@@ -244,7 +244,11 @@ class OpenAIBackend:
             for c in out:
                 self._emit(c, False)
             return out
-        return await self._completions(members, resp, latency)
+        try:
+            return await self._completions(members, resp, latency)
+        finally:
+            # the slot is freed once the answer is committed: a kill loses at most what holds a slot
+            self._slots.release("ok")
 
     async def _completions(self, members, resp: ChatResponse, latency: float) -> list[Completion]:
         out = choice_completions(members, resp, latency, self.model, self.price)
@@ -372,7 +376,7 @@ class OpenAIBackend:
         elif self._rate.pause_until > time.monotonic():
             await self._rate.acquire(0)
         await self._slots.acquire()
-        outcome = "error"
+        outcome, held = "error", False
         reserved, actual = 0.0, None
         try:
             if self._fatal is not None:  # the job stopped while this request waited for its turn
@@ -407,9 +411,11 @@ class OpenAIBackend:
             self._respect_headers(resp.headers)
             if self.price:
                 actual = self.price.cost(resp.tokens_in, resp.tokens_out)
+            held = True  # an answer keeps its slot until it is committed (`_call` releases it)
             return resp, latency
         finally:
-            self._slots.release(outcome)
+            if not held:
+                self._slots.release(outcome)
             if budgeted:
                 await self.meter.settle(reserved, actual)
 
