@@ -43,7 +43,7 @@ MEMORY_LIMIT = "1GB"
 MAX_BYTES = 1 << 30     # default byte cap of `query` (Arrow bytes); the CLI and REST endpoints pass their own
 BATCH_ROWS = 2048       # rows per streamed batch: one DuckDB vector, so a wide row costs at most one vector more
 PARQUET_GROUP_ROWS = 65_536  # `query_to_parquet` writes row groups of this many rows, not one per batch
-_SETTINGS = {  # enable_external_access is turned off after the views are built (see `_build`)
+SETTINGS = {  # enable_external_access is turned off after the views are built (see `_build`)
     "temp_directory": "",              # no spill folder (DuckDB would otherwise allow its own ./.tmp)
     "autoinstall_known_extensions": False,
     "autoload_known_extensions": False,
@@ -53,7 +53,7 @@ _SETTINGS = {  # enable_external_access is turned off after the views are built 
 _LOCKED = {"enable_external_access": "false", "lock_configuration": "true", "allowed_directories": "[]",
            "allowed_paths": "[]", "temp_directory": "", "autoload_known_extensions": "false",
            "autoinstall_known_extensions": "false"}
-_DUCK_TYPES = {
+DUCK_TYPES = {
     pa.string(): "VARCHAR", pa.int32(): "INTEGER", pa.int64(): "BIGINT", pa.bool_(): "BOOLEAN",
     pa.float32(): "FLOAT", pa.float64(): "DOUBLE", pa.timestamp("us", tz="UTC"): "TIMESTAMPTZ",
 }
@@ -165,7 +165,7 @@ def _parts(corpus: CorpusLocation) -> tuple[tuple[Part, ...], tuple[Part, ...]]:
 
 # ── the sandboxed database ───────────────────────────────────────────────────────────────────────────────────────
 def _empty_select(schema: pa.Schema) -> str:
-    cols = ", ".join(f"CAST(NULL AS {_DUCK_TYPES[f.type]}) AS {f.name}" for f in schema)
+    cols = ", ".join(f"CAST(NULL AS {DUCK_TYPES[f.type]}) AS {f.name}" for f in schema)
     return f"SELECT {cols} WHERE false"
 
 
@@ -185,7 +185,7 @@ def _dataset(corpus: CorpusLocation, paths: list[str], schema: pa.Schema, *, by_
 def _build(corpus: CorpusLocation, parts: tuple) -> tuple[duckdb.DuckDBPyConnection, dict[str, ds.Dataset]]:
     """An in-memory database that can open no file, with the `records` and `jobs` views over pyarrow datasets of
     `parts`; returns it and the datasets, which every cursor of it must register for itself."""
-    con = duckdb.connect(":memory:", config=_SETTINGS)
+    con = duckdb.connect(":memory:", config=SETTINGS)
     datasets: dict[str, ds.Dataset] = {}
     for name, files, schema in (("records", parts[0], RECORDS_SCHEMA), ("jobs", parts[1], JOBS_SCHEMA)):
         select = _empty_select(schema)  # DuckDB cannot scan a dataset of no files

@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from stepwise.pipeline.errors import QueryError, StorageError
 from stepwise.storage import layout
-from stepwise.storage.catalog import MEMORY_LIMIT, check_read_only, job_parts, query, sandboxed
+from stepwise.storage.catalog import DUCK_TYPES, SETTINGS, check_read_only, job_parts, query, sandboxed
 from stepwise.storage.jobs import check_job_id
 from stepwise.storage.location import CorpusLocation
 from stepwise.storage.schema import RECORDS_SCHEMA
@@ -157,14 +157,6 @@ def _marks(values: Sequence[object]) -> str:
 
 
 # ── a local job: DuckDB's Parquet reader over its part files ─────────────────────────────────────────────────────
-_SETTINGS = {"temp_directory": "", "autoinstall_known_extensions": False, "autoload_known_extensions": False,
-             "memory_limit": MEMORY_LIMIT}
-_DUCK_TYPES = {
-    pa.string(): "VARCHAR", pa.int32(): "INTEGER", pa.int64(): "BIGINT", pa.bool_(): "BOOLEAN",
-    pa.float32(): "FLOAT", pa.float64(): "DOUBLE", pa.timestamp("us", tz="UTC"): "TIMESTAMPTZ",
-}
-
-
 class _JobFiles:
     """A job's part files and a DuckDB connection that may read them and nothing else. One per job and set of
     files, kept while the files stay the same (`of`); queries run on cursors of it, each with the timeout."""
@@ -179,7 +171,7 @@ class _JobFiles:
         outside = [p for p in self.paths if os.path.dirname(os.path.realpath(p)) != folder]
         if outside:
             raise StorageError(f"part file {outside[0]} resolves outside its job folder {folder}; refused")
-        self.con = duckdb.connect(":memory:", config=_SETTINGS)
+        self.con = duckdb.connect(":memory:", config=SETTINGS)
         self.con.execute("SET allowed_directories = ?", [[folder + os.sep]])
         self.con.execute("SET enable_external_access = false")
         self.con.execute("SET parquet_metadata_cache = true")  # each file's footer is read once
@@ -217,7 +209,7 @@ class _JobFiles:
         """A FROM item over `paths` with every records column (NULL where none of them has it), the file and row
         of each row; and its parameters."""
         present = set().union(*(self.columns.get(p, ()) for p in paths))
-        cols = ", ".join(f.name if f.name in present else f"CAST(NULL AS {_DUCK_TYPES[f.type]}) AS {f.name}"
+        cols = ", ".join(f.name if f.name in present else f"CAST(NULL AS {DUCK_TYPES[f.type]}) AS {f.name}"
                          for f in RECORDS_SCHEMA)
         return (f"(SELECT {cols}, {_FILE}, {_ROW} FROM read_parquet(?, union_by_name = true, filename = true, "
                 f"file_row_number = true))", [list(paths)])
