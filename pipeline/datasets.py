@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import ijson
+import orjson
 
 from stepwise.pipeline.errors import DatasetError, JobSpecError, StepwiseError, short
 from stepwise.pipeline.spec import DatasetSpec
@@ -144,6 +145,16 @@ def _value_problem(row: Any) -> str | None:
     return None
 
 
+def _loads(text: str) -> Any:
+    """One JSON value: orjson's reading (a quarter of the standard module's CPU), or, where orjson refuses, the
+    standard module's, so what is accepted and each error's message stay those of `json` (NaN, a lone surrogate
+    escape and an integer past 64 bits are JSON to it; nesting past its limit is a RecursionError)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
 def _read_jsonl(path: Path, max_bytes: int, skip: Skip = None) -> Iterator[RawItem]:
     with path.open("rb") as fh:
         index = -1
@@ -166,7 +177,7 @@ def _read_jsonl(path: Path, max_bytes: int, skip: Skip = None) -> Iterator[RawIt
                 yield index, None, f"invalid UTF-8 at byte {exc.start}", size
                 continue
             try:
-                row = json.loads(text)
+                row = _loads(text)
             except RecursionError:
                 yield index, None, TOO_DEEP, size
                 continue

@@ -208,8 +208,10 @@ class OpenAITeacherSpec(_Teacher):
     base_url: str = Field("https://api.openai.com/v1", description="the server's /v1 root")
     api_key_env: str | None = Field("OPENAI_API_KEY", description="name of the env var holding the key; "
                                                                    "null for servers without auth")
-    transport: Literal["aiohttp", "openai_sdk"] = Field(
-        "aiohttp", description="aiohttp: lean client for throughput; openai_sdk: the openai package's client")
+    transport: Literal["httptools", "aiohttp", "openai_sdk"] = Field(
+        "httptools", description="httptools: keep-alive HTTP/1.1 pool, the least CPU per request; aiohttp: "
+                                 "aiohttp's client (redirects, compressed responses); openai_sdk: the openai "
+                                 "package's client")
     max_concurrency: int = Field(64, ge=1, le=4096, description="requests in flight at most (adaptive below)")
     rpm: int | None = Field(None, ge=1, description="client-side requests-per-minute budget")
     tpm: int | None = Field(None, ge=1, description="client-side tokens-per-minute budget")

@@ -4,17 +4,14 @@ atomically on each change, and the job's cancel marker. The root may be a folder
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-
-import pyarrow as pa
 
 from stepwise.pipeline.errors import StorageError
 from stepwise.pipeline.types import JOB_ID_RULE, is_job_id
 from stepwise.storage import layout
 from stepwise.storage.location import CorpusLocation
-from stepwise.storage.schema import JOBS_SCHEMA
 
 
 @dataclass(frozen=True)
@@ -43,8 +40,6 @@ class JobState:
     created_at: datetime = datetime.fromtimestamp(0, UTC)
     updated_at: datetime = datetime.fromtimestamp(0, UTC)
 
-
-assert [f.name for f in fields(JobState)] == JOBS_SCHEMA.names
 
 
 def check_job_id(job_id: str) -> str:
@@ -101,6 +96,8 @@ class JobRegistry:
         return [Path(p).name.removesuffix(layout.PART_SUFFIX) for p in self.corpus.list_files(layout.JOBS)]
 
     def _read(self, job_id: str, row: tuple[str, str]) -> JobState:
+        from stepwise.storage.schema import JOBS_SCHEMA  # pyarrow, imported when a registry row is read
+
         try:
             values = self.corpus.read_rows(*row, schema=JOBS_SCHEMA)[0]
         except FileNotFoundError:
@@ -110,6 +107,10 @@ class JobRegistry:
         return JobState(**values)
 
     def save(self, state: JobState) -> JobState:
+        import pyarrow as pa
+
+        from stepwise.storage.schema import JOBS_SCHEMA
+
         state = replace(state, updated_at=datetime.now(UTC))
         table = pa.Table.from_pylist([asdict(state)], schema=JOBS_SCHEMA)
         self.corpus.write_table(table, *layout.registry_row(check_job_id(state.job_id)))

@@ -8,6 +8,8 @@
   looks for them (for S3: `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` / `AWS_DEFAULT_REGION`, `~/.aws`, an
   instance role); the URI never holds a secret.
 
+pyarrow is imported where a method needs it: a local run sends its first request before paying for it.
+
 On an object store (s3, gcs, abfs) a part file is serialised in memory and uploaded in one request (a PUT, or a
 multipart upload that becomes visible only when completed): readers see the whole object or none, so it is
 written directly under its final key, with no temp key and no copy. On any other filesystem (`file://`, hdfs) it
@@ -20,15 +22,16 @@ import os
 import re
 import uuid
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from typing import TYPE_CHECKING
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-import pyarrow as pa
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
-
 from stepwise.pipeline.errors import StorageError
 from stepwise.storage.parquet import TMP_SUFFIX, ROW_GROUP_SIZE, remove_stale_temp_files, write_table_atomic
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.fs as pafs
 
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")  # two letters at least, so `C:\corpus` stays a path
 OBJECT_STORES = frozenset({"s3", "gcs", "abfs"})    # pyarrow type names whose uploads are atomic
@@ -61,6 +64,8 @@ def _zone(tz: str) -> tzinfo:
 def _python_values(column: pa.ChunkedArray) -> list:
     """A column as Python values. Timestamps are converted here: pyarrow's own conversion of a zoned timestamp
     imports pandas when it is installed, which costs a job's start a quarter of a second."""
+    import pyarrow as pa
+
     if not pa.types.is_timestamp(column.type):
         return column.to_pylist()
     times, per = _TO_MICROSECONDS[column.type.unit]
@@ -89,6 +94,9 @@ class CorpusLocation:
         self.fs: pafs.FileSystem | None = None
         self.base = ""
         if is_uri(root):
+            import pyarrow as pa
+            import pyarrow.fs as pafs
+
             try:
                 self.fs, base = pafs.FileSystem.from_uri(str(root))
             except (pa.ArrowException, OSError, ValueError) as exc:
@@ -127,6 +135,8 @@ class CorpusLocation:
     def exists(self, *parts: str) -> bool:
         if self.local is not None:
             return self.local.joinpath(*parts).exists()
+        import pyarrow.fs as pafs
+
         try:
             return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
         except OSError as exc:
@@ -147,6 +157,8 @@ class CorpusLocation:
     def store_infos(self, *folder: str, suffix: str = ".parquet", depth: int = 1) -> list[pafs.FileInfo]:
         """On an object store: the FileInfo (path, size, mtime) of the files `list_files` names, by path, from
         one listing."""
+        import pyarrow.fs as pafs
+
         top = self.path(*folder)
         try:
             infos = self.fs.get_file_info(pafs.FileSelector(top, recursive=depth > 1, allow_not_found=True))
@@ -179,6 +191,9 @@ class CorpusLocation:
         """A small Parquet file's rows as dicts with every field of `schema` (None where an older file lacks one).
         Read as one file, without the dataset layer `read_table` goes through (whose import, with pandas',
         would cost a job's start-up a quarter of a second)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         data = self.read_bytes(*parts)
         if data is None:
             raise FileNotFoundError(self.path(*parts))
@@ -188,6 +203,8 @@ class CorpusLocation:
                 for i in range(table.num_rows)]
 
     def read_table(self, *parts: str, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
+        import pyarrow.parquet as pq
+
         return pq.read_table(self.path(*parts), schema=schema, columns=columns, filesystem=self.fs)
 
     # ── writes ─────────────────────────────────────────────────────────────────────────────────────────────
@@ -197,6 +214,9 @@ class CorpusLocation:
         if self.local is not None:
             write_table_atomic(table, self.local.joinpath(*parts), dictionary=dictionary)
             return
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         buffer = pa.BufferOutputStream()
         pq.write_table(table, buffer, compression="zstd", use_dictionary=dictionary, row_group_size=ROW_GROUP_SIZE)
         self._put(buffer.getvalue(), *parts)
@@ -271,6 +291,8 @@ class CorpusLocation:
             return remove_stale_temp_files(self.local.joinpath(*folder))
         if self.fs.type_name in OBJECT_STORES:
             return 0
+        import pyarrow.fs as pafs
+
         top = self.path(*folder)
         infos = self.fs.get_file_info(pafs.FileSelector(top, allow_not_found=True))
         stale = [i.path for i in infos if i.base_name.startswith(".") and i.base_name.endswith(TMP_SUFFIX)]

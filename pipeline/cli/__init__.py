@@ -23,16 +23,21 @@ from stepwise.pipeline.errors import JobSpecError, StepwiseError, TrainConfigErr
 COMMANDS = (jobs, data, train, demo, serve)  # in the order `stepwise --help` lists them
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with `command` (one of a module's NAMES), only that module's commands: a module's flags
+    may import what they list (export formats, trainer settings), which `stepwise run` need not pay for."""
     p = argparse.ArgumentParser(prog="stepwise", description="Rationale corpora for distilling LLMs into small models.")
     sub = p.add_subparsers(dest="command", required=True)
     for module in COMMANDS:
-        module.add_parsers(sub)
+        if command is None or command in module.NAMES:
+            module.add_parsers(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = argv[0] if argv and any(argv[0] in module.NAMES for module in COMMANDS) else None
+    args = build_parser(command).parse_args(argv)
     try:
         return args.func(args)
     except (JobSpecError, TrainConfigError) as exc:

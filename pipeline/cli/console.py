@@ -9,16 +9,37 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from rich.console import Console
-
 from stepwise.pipeline.types import JobStatus
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from stepwise.pipeline.cli.progress import Bar
     from stepwise.pipeline.run.summary import JobSummary
 
-err = Console(stderr=True)
-out = Console()
+
+class LazyConsole:
+    """A rich Console, made (and rich imported, ~25 ms) on first use: `stepwise run` reaches its first request
+    without it. Attributes are the console's."""
+
+    def __init__(self, **options):
+        self._options = options
+        self._console: Console | None = None
+
+    @property
+    def console(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return self._console
+
+    def __getattr__(self, name: str):
+        return getattr(self.console, name)
+
+
+err = LazyConsole(stderr=True)
+out = LazyConsole()
 
 
 @contextmanager
@@ -29,7 +50,7 @@ def live_progress(label: str, quiet: bool) -> Iterator[Bar | None]:
         return
     from stepwise.pipeline.cli.progress import Bar
 
-    with Bar(label, err) as bar:
+    with Bar(label, err.console) as bar:
         yield bar
 
 

@@ -7,12 +7,12 @@ import argparse
 import json
 import sys
 
-from rich.markup import escape
-
 from stepwise.pipeline.cli.console import err, live_progress, print_summary, print_table
 from stepwise.pipeline.cli.jobs import CORPUS_HELP
 from stepwise.pipeline.errors import StepwiseError
 
+
+NAMES = ("import", "query", "export")  # the commands this module adds
 
 def cmd_import(args: argparse.Namespace) -> int:
     from stepwise.pipeline.importers import import_dsbs
@@ -78,7 +78,7 @@ def say_exported(summary, job_id: str) -> None:
     if summary.empty_splits:
         err.print(f"[yellow]empty splits, no file written: {', '.join(summary.empty_splits)}[/]")
     for warning in summary.warnings:
-        err.print(f"[yellow]warning: {escape(warning)}[/]")
+        err.print(f"warning: {warning}", style="yellow", markup=False, highlight=False)
 
 
 def add_parsers(sub) -> None:

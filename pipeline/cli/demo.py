@@ -21,6 +21,8 @@ SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "demo"
 JOB_ID = "demo-live"
 
 
+NAMES = ("demo",)  # the commands this module adds
+
 def main(corpus: str, out: str, quiet: bool = False) -> int:
     from stepwise.pipeline.exports import export_job
     from stepwise.pipeline.sim import running_simulator

@@ -10,6 +10,8 @@ from stepwise.pipeline.cli.jobs import CORPUS_HELP
 from stepwise.pipeline.errors import StepwiseError
 
 
+NAMES = ("serve", "sim")  # the commands this module adds
+
 def cmd_sim(args: argparse.Namespace) -> int:
     import asyncio
     import os

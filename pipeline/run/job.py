@@ -58,7 +58,6 @@ def run_job(spec: JobSpec, root: str | Path | CorpusLocation, *, items: Sequence
         raise JobConflictError(f"job {job_id!r} already exists in {corpus} with a different spec; "
                                f"use another job_id, or --overwrite to replace its records")
     sample = first_items(spec) if items is None else list(items[:SAMPLE_ROWS])
-    n_rows = count_rows(spec.dataset) if items is None else len(items)
     executor = get_executor(spec.executor)
     owns_backend = backend is None
     ctx = prepare_context(spec, sample, backend=backend, prompt=prompt, corpus=corpus.address)
@@ -69,13 +68,13 @@ def run_job(spec: JobSpec, root: str | Path | CorpusLocation, *, items: Sequence
             corpus.remove_folder(layout.RECORDS, job_id)
             previous = None
         size = spec.shard_size
-        n_shards = max(1, -(-n_rows // size)) if n_rows is not None else 0  # 0: not known before the end
+        n_rows, n_shards = None, 0  # counted once the first shard is out; 0 shards: not known before the end
         now = datetime.now(UTC)
         state = JobState(
             job_id=job_id, status=JobStatus.RUNNING, fingerprint=fingerprint, spec_json=spec.model_dump_json(),
             task=ctx.task.kind, prompt_id=ctx.prompt.id, prompt_hash=ctx.prompt.hash,
-            teacher_backend=ctx.backend.backend, teacher_model=ctx.backend.model, n_shards=n_shards,
-            n_examples=n_rows or 0, created_at=previous.created_at if previous else now, updated_at=now,
+            teacher_backend=ctx.backend.backend, teacher_model=ctx.backend.model,
+            created_at=previous.created_at if previous else now, updated_at=now,
         )
         registry.clear_cancel(job_id)
         corpus.remove_stale_temp_files(layout.RECORDS, job_id)
@@ -86,16 +85,25 @@ def run_job(spec: JobSpec, root: str | Path | CorpusLocation, *, items: Sequence
         else:
             rows = ((i // size, list(items[i:i + size])) for i in range(0, len(items), size)
                     if i // size not in finished)
-        # the job is marked running once its first shard is out: the first request does not wait for the
-        # registry write (pyarrow's array building imports pandas, a quarter of a second)
-        shards = _Shards(ctx, rows, started=lambda: registry.save(state))
         # the heartbeat file (live rate, ETA, last errors for the REST service) sees every event first
         kept = _Kept(progress)  # the counters of the shards this run writes: their footers are not read again
         with HeartbeatWriter(corpus, job_id, inner=kept) as beat:
             per_example = spec.sampling.stop_after_accepted or spec.sampling.n  # the fewest asked for
-            skipped = len(finished & set(range(n_shards))) if n_shards else len(finished)
             per_request = ctx.backend.backend != "replay" and spec.executor.kind == "local"
-            beat.start(max(0, (n_rows or 0) - skipped * size) * per_example, n_shards, per_request)
+
+            def started() -> None:
+                """Once the first shard is out (its requests do not wait for this): the dataset's size, the totals
+                of the progress display, and the registry row that marks the job running."""
+                nonlocal n_rows, n_shards, state
+                n_rows = count_rows(spec.dataset) if items is None else len(items)
+                n_shards = max(1, -(-n_rows // size)) if n_rows is not None else 0
+                skipped = len(finished & set(range(n_shards))) if n_shards else len(finished)
+                beat.start(max(0, (n_rows or 0) - skipped * size) * per_example, n_shards, per_request)
+                state = replace(state, n_shards=n_shards, n_examples=n_rows or 0)
+                registry.save(state)
+
+            shards = _Shards(ctx, rows, started=started)
+            beat.start(0, 0, per_request)  # totals unknown until the first shard is out
             for i in sorted(finished):
                 beat.shard_done(ShardResult(i, skipped=True))
             if per_request:

@@ -29,8 +29,6 @@ from stepwise.pipeline.validate import judge_example
 from stepwise.prompts import answer_schema
 from stepwise.storage import layout
 from stepwise.storage.location import CorpusLocation
-from stepwise.storage.parquet import records_to_table
-from stepwise.storage.schema import DICTIONARY_COLUMNS
 
 Answers = Callable[[concurrent.futures.Future], Sequence[Completion]]  # waits for a shard's completions
 
@@ -83,6 +81,10 @@ def write_part(corpus: CorpusLocation, job_id: str, shard: int, records: Sequenc
         corpus.touch(*layout.retry_marker(job_id, shard))
     summary = None
     if records:
+        # pyarrow is imported with the first part file, not before the first request
+        from stepwise.storage.parquet import records_to_table
+        from stepwise.storage.schema import DICTIONARY_COLUMNS
+
         summary = summary_of_records(records)
         table = records_to_table(records)
         table = table.replace_schema_metadata({**table.schema.metadata, SUMMARY_KEY: json.dumps(summary).encode()})

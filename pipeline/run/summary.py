@@ -8,8 +8,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from stepwise.storage import layout
 from stepwise.storage.location import CorpusLocation
 
@@ -82,6 +80,8 @@ def summarize_files(corpus: CorpusLocation, job_id: str, files: Sequence[str]) -
 
 
 def _file_summary(corpus: CorpusLocation, job_id: str, path: str) -> JobSummary:
+    import pyarrow.parquet as pq
+
     if corpus.fs is None:
         meta = pq.read_metadata(path)
     else:
@@ -100,6 +100,7 @@ def _summary(job_id: str, counts: dict) -> JobSummary:
 def _counted(corpus: CorpusLocation, path: str) -> dict:
     """The counters of a part file written before footers kept them, from its columns."""
     import pyarrow.compute as pc
+    import pyarrow.parquet as pq
 
     cols = ["example_id", "accepted", "reject_reason", "correct", "gold_label", "tokens_in", "tokens_out",
             "cost_usd"]

@@ -13,7 +13,6 @@ spawned helper process that is killed and replaced when it overruns.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import re
 import threading
 from dataclasses import replace
@@ -125,6 +124,8 @@ class _Helper:
             return None
 
     def _start(self) -> bool:
+        import multiprocessing
+
         ctx = multiprocessing.get_context("spawn")  # never fork a threaded process
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=_serve, args=(child,), daemon=True, name="stepwise-math-verify")

@@ -122,6 +122,7 @@ class OpenAIBackend:
         self._slots = None
         self._budgeted = True  # whether requests are counted against a budget (set with the transport)
         self._tasks: set[asyncio.Future] = set()
+        self._batches: set[asyncio.Task] = set()  # the `_complete` calls running
         self._pending: list[tuple[list[Completion], asyncio.Future]] = []  # completions waiting for their commit
         self._writing = False  # a commit is running on the writer thread
         self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="stepwise-cache")
@@ -143,6 +144,9 @@ class OpenAIBackend:
         async def _shutdown() -> None:
             for task in list(self._tasks):
                 task.cancel()
+            # each submit's future settles (cancelled, or with its error) before the loop stops
+            if self._batches:
+                await asyncio.wait(list(self._batches), timeout=10)
             if self._transport is not None:
                 await self._transport.close()
 
@@ -166,6 +170,14 @@ class OpenAIBackend:
             self._slots = AdaptiveConcurrency(s.max_concurrency)
 
     async def _complete(self, requests: list[TeacherRequest]) -> list[Completion]:
+        batch = asyncio.current_task()
+        self._batches.add(batch)
+        try:
+            return await self._complete_batch(requests)
+        finally:
+            self._batches.discard(batch)
+
+    async def _complete_batch(self, requests: list[TeacherRequest]) -> list[Completion]:
         self._ensure_started()
         keys = [r.cache_key() for r in requests]
         cached = self.cache.get_many(keys) if self.cache is not None else {}

@@ -1,8 +1,10 @@
 """HTTP transports for OpenAI-compatible chat completions, mapping every failure onto our exception tree.
 
-Two clients, one contract (`chat(body, headers) -> ChatResponse`):
-- `AiohttpTransport` (default): a lean aiohttp session. On two cores it keeps a teacher with 128 slots
-  at ~97 % of its limit for ~0.3 ms of CPU per request (see bench/teacher_throughput.py).
+Three clients, one contract (`chat(body, headers) -> ChatResponse`):
+- `HttpToolsTransport` (default): keep-alive HTTP/1.1 connections on the event loop's own transports, responses
+  read by httptools (llhttp, the parser uvicorn uses). About 25 µs of CPU per request where aiohttp's client
+  takes ~150 (bench/scale.py): on a fast local teacher the client, not the teacher, was the limit.
+- `AiohttpTransport`: an aiohttp session, for what the lean client leaves out (redirects, compressed responses).
 - `OpenAISDKTransport`: the `openai` package's AsyncOpenAI over its aiohttp transport, for users who want the
   SDK's behaviour; it costs ~1.7 ms of CPU per request here, so it saturates less on small machines.
 
@@ -15,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
+from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 from typing import Any, NamedTuple, Protocol
 
 import orjson
@@ -218,6 +222,211 @@ def dump_json(value: Any) -> bytes:
         return json.dumps(value).encode()
 
 
+def chat_url(base_url: str) -> str:
+    """{base_url}/chat/completions, a query (Azure's ?api-version=) kept after the path."""
+    url = urlsplit(base_url)
+    return urlunsplit(url._replace(path=f"{url.path.rstrip('/')}/chat/completions"))
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection: one request at a time, its response read by httptools' callbacks."""
+
+    def __init__(self, pool: HttpToolsTransport):
+        self.pool = pool
+        self.parser = pool._httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.waiter: asyncio.Future | None = None
+        self.chunks: list[bytes] = []
+        self.headers: dict[str, str] = {}
+        self.headers_done = False
+        self.closed = False
+
+    def send(self, data: bytes) -> asyncio.Future:
+        self.waiter = waiter = self.pool._loop.create_future()
+        self.transport.write(data)
+        return waiter
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        self._gone()
+
+    # asyncio.Protocol
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except self.pool._httptools.HttpParserError as exc:
+            self._fail(TeacherConnectionError(f"connection failed: not an HTTP response ({exc})"))
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.headers_done and not {"content-length", "transfer-encoding"} & self.headers.keys():
+            self.on_message_complete()  # a body without a length ends with the connection (HTTP/1.0 style)
+        self._fail(TeacherConnectionError("connection failed: the server closed the connection"))
+        self._gone()
+
+    # httptools' callbacks
+    def on_headers_complete(self) -> None:
+        self.headers_done = True
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        waiter, self.waiter = self.waiter, None
+        body, self.chunks = b"".join(self.chunks), []
+        headers, self.headers, self.headers_done = self.headers, {}, False
+        if waiter is None:  # an answer nobody asked for: this connection cannot be trusted
+            self.close()
+        elif not waiter.done():
+            waiter.set_result((self.parser.get_status_code(), body, headers, self.parser.should_keep_alive()))
+
+    def _fail(self, exc: Exception) -> None:
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+
+    def _gone(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.pool._lost()
+
+
+class HttpToolsTransport:
+    """POST {base_url}/chat/completions over a pool of keep-alive HTTP/1.1 connections (at most
+    `max_connections` + 8). A response is read whole, by Content-Length or chunks; a connection goes back to the
+    pool unless the server closes it. A request fails over to tenacity's retry, never resent here: a connection
+    lost before the answer is a TeacherConnectionError, as with aiohttp; a body without Content-Length or chunks
+    ends with the connection. Not done (choose transport `aiohttp`): proxies, redirects, compressed responses
+    (none is asked for: no Accept-Encoding is sent)."""
+
+    def __init__(self, base_url: str, api_key: str | None, timeout_s: float | None, max_connections: int):
+        import httptools
+
+        self._httptools = httptools
+        url = urlsplit(chat_url(base_url))
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"not an http(s) URL: {base_url!r}")
+        self.host = url.hostname
+        self.port = url.port or (443 if url.scheme == "https" else 80)
+        self._ssl = url.scheme == "https"  # the TLS context is built on the first connection
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        if url.port is not None:
+            host += f":{url.port}"
+        target = url.path + (f"?{url.query}" if url.query else "")
+        head = (f"POST {target} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                f"Accept: application/json\r\nUser-Agent: stepwise\r\n")
+        if api_key:
+            head += f"Authorization: Bearer {api_key}\r\n"
+        self._head = head.encode("latin-1")
+        self.secret = api_key
+        self.timeout_s = timeout_s
+        self._limit = max_connections + 8
+        self._open = 0  # connections open or opening
+        self._idle: list[_Connection] = []
+        self._waiters: deque[asyncio.Future] = deque()  # requests waiting for a connection
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def chat(self, body: dict[str, Any], headers: dict[str, str]) -> ChatResponse:
+        seconds = self.timeout_s or request_timeout_s(body)
+        payload = dump_json(body)
+        extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items()).encode("latin-1")
+        message = b"%s%sContent-Length: %d\r\n\r\n%s" % (self._head, extra, len(payload), payload)
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        conn = answer = None
+        try:
+            async with asyncio.timeout(seconds):
+                conn = await self._acquire()
+                answer = await conn.send(message)
+        except TimeoutError:
+            raise TeacherTimeoutError(f"no response within the client timeout ({seconds:g} s)") from None
+        except OSError as exc:  # refused, reset, unreachable, a name that does not resolve, a TLS failure
+            raise TeacherConnectionError(f"connection failed: {type(exc).__name__}") from None
+        finally:
+            # cancelled, timed out or failed with the request out, even just as its answer came (read, the task
+            # not yet resumed): the connection is in an unknown state, and is never handed back
+            if conn is not None and answer is None:
+                conn.waiter = None
+                conn.close()
+        status, raw, got, keep = answer
+        self._release(conn, keep)
+        if status != 200:
+            raise_for_status(status, raw.decode("utf-8", errors="replace"), got, self.secret)
+        return parse_chat_text(raw, got)
+
+    async def _acquire(self) -> _Connection:
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.closed:
+                return conn
+        if self._open >= self._limit:
+            waiter = self._loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                conn = await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
+                    self._release(waiter.result(), True)  # handed over as this waiter gave up: pass it on
+                elif waiter.done() and not waiter.cancelled():
+                    self._lost()  # a free slot handed over as this waiter gave up: pass it on
+                raise
+            if conn is not None:
+                return conn
+            # None: a free slot, handed over by `_lost` (already counted)
+        else:
+            self._open += 1
+        return await self._connect()
+
+    async def _connect(self) -> _Connection:
+        loop = self._loop
+        if self._ssl is True:
+            import ssl
+
+            self._ssl = ssl.create_default_context()
+        conn = _Connection(self)
+        try:
+            await loop.create_connection(lambda: conn, self.host, self.port, ssl=self._ssl or None)
+        except BaseException:
+            # its slot back, once: a connection made and then closed as this gave up (a timeout or a cancel
+            # just after connecting) reports the same loss from connection_lost
+            conn._gone()
+            raise
+        return conn
+
+    def _release(self, conn: _Connection, keep: bool) -> None:
+        """A connection done with its request: to the next waiter, else the pool; closed unless kept alive."""
+        if not keep or conn.closed:
+            conn.close()
+            return
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+        self._idle.append(conn)
+
+    def _lost(self) -> None:
+        """A connection closed (or never opened): its slot goes to the next waiter, else back to the count."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the waiter opens a connection in this slot
+                return
+        self._open -= 1
+
+    async def close(self) -> None:
+        for conn in list(self._idle):
+            conn.close()
+        self._idle.clear()
+
+
 class AiohttpTransport:
     """POST {base_url}/chat/completions with aiohttp; one session and connection pool per backend."""
 
@@ -225,7 +434,7 @@ class AiohttpTransport:
         import aiohttp
 
         self._aiohttp = aiohttp
-        self.url = f"{base_url.rstrip('/')}/chat/completions"
+        self.url = chat_url(base_url)
         self.secret = api_key
         self.timeout_s = timeout_s
         self._timeouts: dict[float, Any] = {}
@@ -311,11 +520,11 @@ def import_transport(kind: str) -> None:
     built, so the first shard's clock does not start with a quarter of a second of imports)."""
     import importlib
 
-    importlib.import_module("openai" if kind == "openai_sdk" else "aiohttp")
+    importlib.import_module({"openai_sdk": "openai", "aiohttp": "aiohttp"}.get(kind, "httptools"))
 
 
 def build_transport(kind: str, base_url: str, api_key: str | None, timeout_s: float | None,
                     max_connections: int) -> ChatTransport:
     """The transport `kind` names; `timeout_s` None sizes each request's timeout by its output limit."""
-    cls = OpenAISDKTransport if kind == "openai_sdk" else AiohttpTransport
+    cls = {"openai_sdk": OpenAISDKTransport, "aiohttp": AiohttpTransport}.get(kind, HttpToolsTransport)
     return cls(base_url, api_key, timeout_s, max_connections)

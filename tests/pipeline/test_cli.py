@@ -268,3 +268,47 @@ def test_the_fast_exit_flushes_a_large_piped_output_and_keeps_the_exit_code(tmp_
     assert len(lines) == 200000 and json.loads(lines[-1]) == {"i": 199999, "pad": "x" * 20}
     refused = stepwise("query", "--corpus", str(tmp_path), "SELECT 1; SELECT 2")
     assert refused.returncode == 1 and "exactly one statement" in said(refused)
+
+
+def test_each_command_module_names_the_commands_it_adds():
+    """`stepwise run` builds only its own module's parser: each module's NAMES must be exactly what it adds, or a
+    command would be missing (or its flags unparsed) when named first."""
+    from stepwise.pipeline.cli import COMMANDS, build_parser
+
+    def commands(parser):
+        return set(next(a for a in parser._actions if a.dest == "command").choices)
+
+    assert commands(build_parser()) == {name for module in COMMANDS for name in module.NAMES}
+    for module in COMMANDS:
+        for name in module.NAMES:
+            assert commands(build_parser(name)) == set(module.NAMES)
+
+
+def test_run_parses_its_flags_without_loading_the_export_or_trainer_modules():
+    """The flags of `run` cost nothing that other commands list: no export format, no trainer, no pyarrow."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from stepwise.pipeline.cli import build_parser; "
+            "build_parser('run').parse_args(['run', 'job.yaml', '--quiet']); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pyarrow' or "
+            "m.startswith(('stepwise.pipeline.exports', 'stepwise.pipeline.trainer'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_a_run_reaches_its_first_request_without_pyarrow_aiohttp_or_pandas():
+    """What `stepwise run` imports before its first request (the CLI, the run layer, the default teacher engine
+    and its transport) holds none of pyarrow (imported with the first part file), aiohttp (the default transport
+    is httptools') or pandas; and in a run process pandas is refused, yet pyarrow still converts lists."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import stepwise.pipeline.cli, stepwise.pipeline.run.job, stepwise.pipeline.run.local, "
+            "stepwise.pipeline.teachers.openai_compat; "
+            "from stepwise.pipeline.teachers.transport import import_transport; import_transport('httptools'); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'pyarrow', 'aiohttp', 'pandas', 'numpy'})); "
+            "from stepwise.pipeline.cli.jobs import refuse_pandas; refuse_pandas(); import pyarrow as pa; "
+            "print(pa.array(['a', None]).to_pylist(), 'pandas' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["[]", "['a', None] False"]

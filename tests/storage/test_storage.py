@@ -306,3 +306,14 @@ def test_read_rows_converts_timestamps_as_pyarrow_does(tmp_path, unit, tz):
     got = CorpusLocation(tmp_path).read_rows("t.parquet", schema=schema)
     assert [r["at"] for r in got] == table.column("at").to_pylist()
     assert [r["n"] for r in got] == list(range(5)) and all(r["missing"] is None for r in got)
+
+
+def test_the_record_and_registry_dataclasses_list_their_schemas_columns():
+    """RationaleRecord and JobState are written column by column against RECORDS_SCHEMA and JOBS_SCHEMA (checked
+    here rather than at import, so that importing the storage layer does not import pyarrow)."""
+    from dataclasses import fields
+
+    from stepwise.storage.parquet import _RECORD_FIELDS
+
+    assert _RECORD_FIELDS == [f.name for f in fields(RationaleRecord)] == RECORDS_SCHEMA.names
+    assert [f.name for f in fields(JobState)] == JOBS_SCHEMA.names
