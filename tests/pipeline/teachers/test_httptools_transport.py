@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -336,6 +337,51 @@ def test_a_body_without_a_length_ends_with_the_connection(run):
 
     srv, out = run(main())
     assert all(map(is_ok, out)) and srv.accepted == 3
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory) -> tuple[str, str]:
+    """A self-signed certificate for `localhost` and its key (files), made by the openssl command."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost", "-keyout", key, "-out", cert],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def test_https_verifies_the_server_against_the_trusted_certificates(run, certificate, monkeypatch):
+    """An https base_url speaks TLS with the server name checked: a server whose certificate is trusted (here
+    through SSL_CERT_FILE, which the default context reads) answers; one that is not is a connection error, and
+    the request never reaches it."""
+    import ssl
+
+    cert, key = certificate
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(cert, key)
+
+    async def main():
+        srv = Server(reply())
+        srv.server = await asyncio.start_server(srv._handle, "127.0.0.1", 0, ssl=server_tls)
+        t = client(f"https://localhost:{srv.port}/v1")
+        try:
+            return srv, await t.chat(BODY, {})
+        except TeacherConnectionError as exc:
+            return srv, exc
+        finally:
+            await t.close()
+
+    monkeypatch.setenv("SSL_CERT_FILE", cert)
+    srv, resp = run(main())
+    assert is_ok(resp) and srv.requests[0].headers["host"] == f"localhost:{srv.port}"
+    monkeypatch.setenv("SSL_CERT_FILE", os.devnull)  # nothing trusted
+    srv, resp = run(main())
+    assert isinstance(resp, TeacherConnectionError) and "SSL" in str(resp) and not srv.requests
 
 
 # ── failures ────────────────────────────────────────────────────────────────────────────────────────────────────
