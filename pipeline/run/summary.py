@@ -51,9 +51,23 @@ def summarize(root: str | Path | CorpusLocation, job_id: str, known: Mapping[int
     corpus = CorpusLocation.of(root)
     known = known or {}
     files = corpus.list_files(layout.RECORDS, job_id)
-    kept = [_summary(job_id, known[i]) for i in (layout.shard_of(f) for f in files) if i in known]
-    unread = [f for f in files if layout.shard_of(f) not in known]
-    return merge_summaries(job_id, (*kept, summarize_files(corpus, job_id, unread)))
+    shards = [layout.shard_of(f) for f in files]
+    kept = _summary(job_id, _sum_counts(known[i] for i in shards if i in known))
+    unread = [f for f, i in zip(files, shards, strict=True) if i not in known]
+    return merge_summaries(job_id, (kept, summarize_files(corpus, job_id, unread)))
+
+
+def _sum_counts(counts: Iterable[dict]) -> dict:
+    """The counters of several part files (as footers keep them) added up."""
+    names = [name for name in _COUNTERS if name != "reject_reasons"]
+    total: dict = dict.fromkeys(names, 0)
+    reasons: Counter[str] = Counter()
+    for each in counts:
+        for name in names:
+            total[name] += each[name]
+        reasons.update(each["reject_reasons"])
+    total["reject_reasons"] = dict(reasons)
+    return total
 
 
 SUMMARY_KEY = b"stepwise.summary"  # a part file's counters, in its Parquet footer (key-value metadata)
