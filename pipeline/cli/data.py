@@ -14,6 +14,7 @@ from stepwise.pipeline.errors import StepwiseError
 
 NAMES = ("import", "query", "export")  # the commands this module adds
 
+
 def cmd_import(args: argparse.Namespace) -> int:
     from stepwise.pipeline.importers import import_dsbs
 

@@ -23,6 +23,7 @@ JOB_ID = "demo-live"
 
 NAMES = ("demo",)  # the commands this module adds
 
+
 def main(corpus: str, out: str, quiet: bool = False) -> int:
     from stepwise.pipeline.exports import export_job
     from stepwise.pipeline.sim import running_simulator

@@ -18,6 +18,7 @@ EXIT = {JobStatus.COMPLETED: 0, JobStatus.FAILED: 1, JobStatus.BUDGET_EXHAUSTED:
 
 NAMES = ("run", "cancel")  # the commands this module adds
 
+
 def cmd_run(args: argparse.Namespace) -> int:
     from stepwise.pipeline.spec import load_job
 

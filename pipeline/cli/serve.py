@@ -12,6 +12,7 @@ from stepwise.pipeline.errors import StepwiseError
 
 NAMES = ("serve", "sim")  # the commands this module adds
 
+
 def cmd_sim(args: argparse.Namespace) -> int:
     import asyncio
     import os

@@ -9,6 +9,7 @@ from pathlib import Path
 
 NAMES = ("train",)  # the commands this module adds
 
+
 def cmd_train(args: argparse.Namespace) -> int:
     from stepwise.pipeline.trainer import SweepConfig, TrainConfig, main, sweep
     from stepwise.pipeline.trainer.config import parse_fractions, parse_list
