@@ -9,12 +9,16 @@ Printed per size: requests/s of both and their ratio (the bar: stepwise >= 85 % 
 `ratio_to_plain_aiohttp` end to end (stepwise's start-up and exit included, the client's not) and `span_ratio`, the
 request rate alone (first request to last answer as the mock saw them, for both); stepwise's peak RSS (the bar:
 <= 400 MiB, and at 1M <= 1.1 x the 100k peak), the time from launching `stepwise run` to the first
-request reaching the mock (<= 0.3 s) and from the last answer to the process exit (<= 0.15 s).
+request reaching the mock (<= 0.3 s) and from the last answer to the process exit (<= 0.15 s). Those two are also
+printed over several launches of a small job (`--starts`, median and each), one launch being a single sample.
 
     python bench/scale.py                      # 100k and 1M
     python bench/scale.py --sizes 100000       # one size
     python bench/scale.py --sizes 10000000 --no-reference   # the 10M run: runs to the end under the ceiling?
     python bench/scale.py --latency 0.5 --capacity 128 --sizes 2000   # the span beside plain aiohttp at 0.5 s
+
+The package is byte-compiled first, as an installed one is (`--source-only` skips that: these machines set
+PYTHONDONTWRITEBYTECODE, so an editable checkout compiles every module from source at each start).
 """
 
 from __future__ import annotations
@@ -152,12 +156,13 @@ def job_file(folder: Path, data: Path, url: str, concurrency: int, tag: str) -> 
     return path
 
 
-def run_stepwise(job: Path, corpus: Path, url: str) -> dict:
+def run_stepwise(job: Path, corpus: Path, url: str, quiet: bool = True) -> dict:
     shutil.rmtree(corpus, ignore_errors=True)  # a fresh corpus: nothing resumed, every request sent
     before = mock_stats(url, reset=True)
     log = (corpus.parent / f"{corpus.name}.log").open("w")
     launched = time.time()
-    proc = subprocess.Popen([sys.executable, "-m", "stepwise", "run", str(job), "--corpus", str(corpus), "--quiet"],
+    proc = subprocess.Popen([sys.executable, "-m", "stepwise", "run", str(job), "--corpus", str(corpus),
+                             *(["--quiet"] if quiet else [])],
                             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     _, status, usage = os.wait4(proc.pid, 0)  # this child's own resource usage, its peak RSS among it
     exited = time.time()
@@ -176,6 +181,16 @@ def run_stepwise(job: Path, corpus: Path, url: str) -> dict:
             "cpu_s": round(usage.ru_utime + usage.ru_stime, 1)}
 
 
+def compile_bytecode() -> bool:
+    """Byte-compile the package, as `pip install` does for an installed one: with PYTHONDONTWRITEBYTECODE set (as
+    on these machines) an editable checkout never writes its .pyc files and compiles every module from source at
+    each start, about 0.1 s of the time to the first request. Returns whether every module compiled."""
+    import compileall
+
+    return all(compileall.compile_dir(ROOT / folder, quiet=1) for folder in ("stepwise", "pipeline", "storage",
+                                                                             "api", "prompts"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="100000,1000000")
@@ -184,7 +199,14 @@ def main() -> None:
     ap.add_argument("--capacity", type=int, default=0, help="requests the mock serves at once (0: no bound)")
     ap.add_argument("--no-reference", action="store_true")
     ap.add_argument("--keep", help="a folder to keep datasets in between runs")
+    ap.add_argument("--starts", type=int, default=7,
+                    help="launches of a 2,000-example job whose start-up and exit times are printed (median and "
+                         "each): one launch per size is a single sample on a shared, noisy machine")
+    ap.add_argument("--source-only", action="store_true",
+                    help="do not byte-compile the package first (start-up as an editable checkout without .pyc)")
     args = ap.parse_args()
+    if not args.source_only and not compile_bytecode():
+        sys.exit("the package did not byte-compile")
     folder = Path(args.keep or tempfile.mkdtemp(prefix="stepwise-scale-"))
     folder.mkdir(parents=True, exist_ok=True)
     results = []
@@ -212,8 +234,32 @@ def main() -> None:
         finally:
             mock.terminate()
             mock.wait(timeout=10)
+    starts = start_up(folder, args) if args.starts else None
     print(json.dumps({"benchmark": "scale", "concurrency": args.concurrency, "latency_s": args.latency,
-                      "results": results}, indent=2))
+                      "bytecode": "source only" if args.source_only else "compiled", "results": results,
+                      "start_up": starts}, indent=2))
+
+
+def start_up(folder: Path, args) -> dict:
+    """Launch to first request, and last answer to exit, over `args.starts` launches of a 2,000-example job, with
+    --quiet (as the size runs) and with the progress display (stderr is a file here, so rich draws no live bar,
+    but it is set up as for a terminal)."""
+    mock, url = start_mock(folder, args.latency, args.capacity)
+    out = {}
+    try:
+        job = job_file(folder, dataset(folder, 2000), url, args.concurrency, "starts")
+        for mode, quiet in (("quiet", True), ("progress", False)):
+            runs = [run_stepwise(job, folder / "corpus-starts", url, quiet) for _ in range(args.starts)]
+            first = sorted(r["to_first_request_s"] for r in runs)
+            last = sorted(r["last_answer_to_exit_s"] for r in runs)
+            out[mode] = {"launches": len(runs), "to_first_request_s_median": first[len(first) // 2],
+                         "to_first_request_s": first, "last_answer_to_exit_s_median": last[len(last) // 2],
+                         "last_answer_to_exit_s": last}
+            print(json.dumps({"start_up": mode, **out[mode]}), flush=True)
+    finally:
+        mock.terminate()
+        mock.wait(timeout=10)
+    return out
 
 
 if __name__ == "__main__":

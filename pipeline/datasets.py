@@ -23,7 +23,7 @@ import json
 import re
 import sys
 from dataclasses import replace
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from json.encoder import encode_basestring  # type: ignore[attr-defined]  # json.dumps' own, in C
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -605,6 +605,7 @@ def _items(spec: DatasetSpec, ids: IdIndex, skip: Skip = None) -> Iterator[tuple
     """(row index, item) for every row in file order; None for a skipped row (not decoded). Ids are checked
     against the index a batch at a time, so memory holds a batch of rows, never the dataset."""
     batch: list[tuple[int, Item]] = []
+    size = 8  # the first batches are small (a reader that wants a few rows gets them at once), then BATCH_ROWS
     try:
         for index, row, problem, _size in _raw_rows(spec, skip):
             if problem == SKIPPED:
@@ -613,20 +614,21 @@ def _items(spec: DatasetSpec, ids: IdIndex, skip: Skip = None) -> Iterator[tuple
                 yield index, None
                 continue
             batch.append((index, _item(index, row, problem, spec)))
-            if len(batch) >= BATCH_ROWS:
+            if len(batch) >= size:
                 yield from _checked_ids(batch, spec, ids)
-                batch = []
+                batch, size = [], min(size * 4, BATCH_ROWS)
     except DatasetError:  # the file breaks off: the rows before the break still count
         yield from _checked_ids(batch, spec, ids)
         raise
     yield from _checked_ids(batch, spec, ids)
 
 
-def read_examples(spec: DatasetSpec) -> Iterator[Item]:
-    """Yield an Example or a RowReject for every row, in file order (ids checked in memory: for one reading)."""
+def read_examples(spec: DatasetSpec, head: int | None = None) -> Generator[Item, None, None]:
+    """Yield an Example or a RowReject for every row (or the first `head`), in file order (ids checked in memory:
+    for one reading)."""
     ids = IdIndex()
     try:
-        for _, item in _items(spec, ids):
+        for _, item in itertools.islice(_items(spec, ids), head):
             yield item
     finally:
         ids.close()
@@ -693,6 +695,7 @@ def check_fields(spec: DatasetSpec) -> None:
     reader = _READERS[detect_format(path, spec.format)]
     sample = min(SAMPLE_ROWS, spec.limit or SAMPLE_ROWS)
     keys: dict[Any, None] = {}
+    wanted = {getattr(spec, name) for name in _mapped_fields(spec)}
     rows = reader(path, spec.max_row_bytes)
     read = 0
     try:
@@ -700,6 +703,8 @@ def check_fields(spec: DatasetSpec) -> None:
             read += 1
             if isinstance(row, dict):
                 keys.update(dict.fromkeys(row))
+                if wanted <= keys.keys():
+                    return  # every field seen: the rest need not be read
     finally:
         rows.close()
     if not keys:
@@ -717,9 +722,10 @@ def check_gold(task: Task, examples: Iterable[Example]) -> None:
     """Raise JobSpecError when examples have gold answers and none of the first SAMPLE_ROWS fits the task's
     label space (yes_no with gold 'maybe', multiple_choice with gold texts that are not choices): every row
     would be a bad_row, so the answer field or the task kind is wrong. Some misfits are fine: bad_rows."""
-    labeled = list(itertools.islice((e for e in examples if e.gold is not None), SAMPLE_ROWS))
+    labeled: list[Example] = []  # read until one fits
     reason = ""
-    for example in labeled:
+    for example in itertools.islice((e for e in examples if e.gold is not None), SAMPLE_ROWS):
+        labeled.append(example)
         try:
             task.normalize_gold(example.gold, task.prepare(example))
             return

@@ -5,6 +5,8 @@ it shows, not at start-up."""
 
 from __future__ import annotations
 
+import functools
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -42,22 +44,75 @@ err = LazyConsole(stderr=True)
 out = LazyConsole()
 
 
+class Display:
+    """What a running job shows, made once the job reports its start (its first shard out): rich's live progress
+    bar, or with --quiet no bar, the summary's tables loaded then instead. Either costs ~30 ms of imports that the
+    first request does not wait for, and the summary none after the last answer. Completions reported before the
+    bar exists (from the teacher's thread) are handed to it when it comes."""
+
+    def __init__(self, label: str, quiet: bool):
+        self.label, self.quiet = label, quiet
+        self.bar: Bar | None = None
+        self._early: list[tuple[object, bool]] = []
+        self._lock = threading.Lock()
+
+    def start(self, total_requests: int, total_shards: int, live: bool) -> None:
+        if self.quiet:
+            _summary_kit()
+            return
+        if self.bar is None:
+            from stepwise.pipeline.cli.progress import Bar
+
+            bar = Bar(self.label, err.console).__enter__()
+            bar.start(total_requests, total_shards, live)
+            with self._lock:
+                self.bar, early = bar, self._early
+                self._early = []
+            for completion, cached in early:
+                bar.completion(completion, cached)
+        else:
+            self.bar.start(total_requests, total_shards, live)
+
+    def completion(self, completion, cached: bool) -> None:
+        if self.quiet:
+            return
+        if self.bar is None:
+            with self._lock:
+                if self.bar is None:
+                    self._early.append((completion, cached))
+                    return
+        self.bar.completion(completion, cached)
+
+    def shard_done(self, result) -> None:
+        if self.bar is not None:
+            self.bar.shard_done(result)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+
+
 @contextmanager
-def live_progress(label: str, quiet: bool) -> Iterator[Bar | None]:
-    """The live progress bar while a job runs; None with --quiet (rich's progress is then not even imported)."""
-    if quiet:
-        yield None
-        return
-    from stepwise.pipeline.cli.progress import Bar
-
-    with Bar(label, err.console) as bar:
-        yield bar
+def live_progress(label: str, quiet: bool) -> Iterator[Display]:
+    """What a job shows while it runs (`Display`): the live progress bar, or with --quiet none."""
+    display = Display(label, quiet)
+    try:
+        yield display
+    finally:
+        display.close()
 
 
-def print_summary(summary: JobSummary, root: str) -> None:
+@functools.cache
+def _summary_kit():
+    """rich's Table and Text, and the console a summary prints to (loaded once)."""
     from rich.table import Table
     from rich.text import Text
 
+    return Table, Text, err.console
+
+
+def print_summary(summary: JobSummary, root: str) -> None:
+    Table, Text, console = _summary_kit()
     t = Table(title=f"job {summary.job_id}: {summary.status}", show_header=False)
     if summary.status == JobStatus.FAILED and summary.message:  # the cause leads, before any counter
         t.add_row(Text("failed", style="bold red"), Text(summary.message, style="red"))
@@ -84,7 +139,7 @@ def print_summary(summary: JobSummary, root: str) -> None:
     for reason, n in summary.reject_reasons.items():
         t.add_row(f"  rejected: {reason}", f"{n:,}")
     t.add_row("corpus", root)
-    err.print(t)
+    console.print(t)
 
 
 def print_table(table) -> None:

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import json
 import itertools
-from collections.abc import Sequence
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stepwise.pipeline.datasets import check_fields, check_gold, read_examples
-from stepwise.pipeline.parsing import ParseOptions
 from stepwise.pipeline.spec import JobSpec
 from stepwise.pipeline.tasks import Task, build_task
 from stepwise.pipeline.teachers import TeacherBackend, build_backend
 from stepwise.pipeline.types import Completion, Example, RowReject, Sampling
 from stepwise.prompts import PromptTemplate, load_prompt
+
+if TYPE_CHECKING:
+    from stepwise.pipeline.parsing import ParseOptions
 
 Item = Example | RowReject
 
@@ -33,6 +36,8 @@ class JobContext:
     @cached_property
     def parsing(self) -> ParseOptions:
         """How the job's completions are read (output format, trace style and tags, the student's rationale)."""
+        from stepwise.pipeline.parsing import ParseOptions  # with the first answers, not before the first request
+
         return ParseOptions.of(self.spec, self.prompt.output)
 
     @cached_property
@@ -61,18 +66,21 @@ def _canonical(mapping: dict) -> str | None:
 SAMPLE_ROWS = 1000  # the first rows a job reads to decide `task: auto` and to check its gold answers
 
 
-def first_items(spec: JobSpec) -> list[Item]:
-    """The dataset's first rows, after `check_fields` made sure the field mapping fits the data (a field that no
-    row has is a JobSpecError, not a corpus of bad rows)."""
+def first_items(spec: JobSpec) -> Generator[Item, None, None]:
+    """The dataset's first rows, read as they are asked for (close it when done), after `check_fields` made sure
+    the field mapping fits the data (a field that no row has is a JobSpecError, not a corpus of bad rows)."""
     check_fields(spec.dataset)
-    return list(itertools.islice(read_examples(spec.dataset), SAMPLE_ROWS))
+    return read_examples(spec.dataset, head=SAMPLE_ROWS)
 
 
-def prepare_context(spec: JobSpec, sample: Sequence[Item], *, backend: TeacherBackend | None = None,
+def prepare_context(spec: JobSpec, sample: Iterable[Item], *, backend: TeacherBackend | None = None,
                     prompt: PromptTemplate | None = None, corpus: str | Path | None = None) -> JobContext:
-    """Build the task (inferring `auto` from a sample of the data), prompt and backend."""
-    examples = [i for i in sample if isinstance(i, Example)]
-    task = build_task(spec.task, examples[:500])
+    """Build the task (inferring `auto` from a sample of the data), prompt and backend. The sample is read only
+    as far as needed: all of it for `auto`, else up to the first labeled example that fits the task."""
+    examples: Iterable[Example] = (i for i in sample if isinstance(i, Example))
+    if spec.task.kind == "auto":
+        examples = list(examples)
+    task = build_task(spec.task, itertools.islice(examples, 500))
     check_gold(task, examples)  # before any request: gold that never fits the task is a job-file mistake
     prompt = prompt or load_prompt(spec.prompt, task.kind)
     backend = backend or build_backend(spec.teacher, corpus=corpus, cost=spec.cost,

@@ -42,9 +42,10 @@ def run_job(spec: JobSpec, root: str | Path | CorpusLocation, *, items: Sequence
 
     The dataset is streamed a shard at a time (memory holds the shards in flight, never the dataset); `items`, when
     given (an importer, a test), are the rows instead."""
-    from stepwise.pipeline.admission import resolve_profile
+    if getattr(spec.teacher, "profile", None) is not None:
+        from stepwise.pipeline.admission import resolve_profile
 
-    spec = resolve_profile(spec)  # teacher.profile: the fields of the profile STEPWISE_TEACHERS declares
+        spec = resolve_profile(spec)  # teacher.profile: the fields of the profile STEPWISE_TEACHERS declares
     # the files the job names, then its field mapping (first_items, prepare_context): job-file errors, raised
     # before anything is written or removed
     check_files(spec, dataset=items is None, prompt=prompt is None, teacher=backend is None)
@@ -57,10 +58,14 @@ def run_job(spec: JobSpec, root: str | Path | CorpusLocation, *, items: Sequence
     if previous is not None and previous.fingerprint != fingerprint and not overwrite:
         raise JobConflictError(f"job {job_id!r} already exists in {corpus} with a different spec; "
                                f"use another job_id, or --overwrite to replace its records")
-    sample = first_items(spec) if items is None else list(items[:SAMPLE_ROWS])
+    sample = first_items(spec) if items is None else iter(items[:SAMPLE_ROWS])
     executor = get_executor(spec.executor)
     owns_backend = backend is None
-    ctx = prepare_context(spec, sample, backend=backend, prompt=prompt, corpus=corpus.address)
+    try:
+        ctx = prepare_context(spec, sample, backend=backend, prompt=prompt, corpus=corpus.address)
+    finally:
+        if items is None:
+            sample.close()  # read only as far as the task and its gold check needed
     status, message = JobStatus.COMPLETED, None
     ids = None
     try:
@@ -81,7 +86,9 @@ def run_job(spec: JobSpec, root: str | Path | CorpusLocation, *, items: Sequence
         finished = done_shards(corpus, job_id)
         if items is None:
             ids = IdIndex(layout.id_index(corpus.address, job_id), signature=_signature(spec, overwrite))
-            rows = read_shards(spec.dataset, size, finished, ids)
+            # the index is closed (its WAL checkpointed) once the dataset is read, while the last shards are still
+            # out, not after their last answer
+            rows = _then(read_shards(spec.dataset, size, finished, ids), ids.close)
         else:
             rows = ((i // size, list(items[i:i + size])) for i in range(0, len(items), size)
                     if i // size not in finished)
@@ -92,20 +99,20 @@ def run_job(spec: JobSpec, root: str | Path | CorpusLocation, *, items: Sequence
             per_request = ctx.backend.backend != "replay" and spec.executor.kind == "local"
 
             def started() -> None:
-                """Once the first shard is out (its requests do not wait for this): the dataset's size, the totals
-                of the progress display, and the registry row that marks the job running."""
+                """Once the first shard is out (its requests do not wait for this): the dataset's size, the
+                progress display (its totals, and the shards skipped), and the registry row that marks the job
+                running."""
                 nonlocal n_rows, n_shards, state
                 n_rows = count_rows(spec.dataset) if items is None else len(items)
                 n_shards = max(1, -(-n_rows // size)) if n_rows is not None else 0
                 skipped = len(finished & set(range(n_shards))) if n_shards else len(finished)
                 beat.start(max(0, (n_rows or 0) - skipped * size) * per_example, n_shards, per_request)
+                for i in sorted(finished):
+                    beat.shard_done(ShardResult(i, skipped=True))
                 state = replace(state, n_shards=n_shards, n_examples=n_rows or 0)
                 registry.save(state)
 
             shards = _Shards(ctx, rows, started=started)
-            beat.start(0, 0, per_request)  # totals unknown until the first shard is out
-            for i in sorted(finished):
-                beat.shard_done(ShardResult(i, skipped=True))
             if per_request:
                 ctx.backend.events = beat.completion
             gc.freeze()  # what lives for the whole run (imports, the context) is never walked again by the collector
@@ -147,6 +154,12 @@ def run_job(spec: JobSpec, root: str | Path | CorpusLocation, *, items: Sequence
         tokens_out=summary.tokens_out, cost_usd=summary.cost_usd, error=message,
     ))
     return summary
+
+
+def _then(items: Iterator, done: Callable[[], object]) -> Iterator:
+    """`items`, then `done()` once they are all out."""
+    yield from items
+    done()
 
 
 class _Shards:

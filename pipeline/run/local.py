@@ -4,6 +4,7 @@ requests are already queued at the teacher, so there is no idle tail between sha
 from __future__ import annotations
 
 import concurrent.futures
+import time
 from collections import deque
 from collections.abc import Iterator
 from functools import partial
@@ -25,10 +26,11 @@ class LocalExecutor:
     def run(self, ctx: JobContext, work: Iterator[tuple[int, list[Item]]], corpus: CorpusLocation,
             progress: Progress | None, cancelled: CancelCheck) -> None:
         pending: deque[StartedShard] = deque()
-        wait = partial(_answers, cancelled=cancelled)
+        wait = partial(_answers, cancelled=_Every(cancelled))
 
         def finish_first() -> None:
-            result = pending.popleft().finish(wait)
+            result = pending[0].finish(wait)  # still pending while it finishes: a stop below reaches all its pieces
+            pending.popleft()
             if progress:
                 progress.shard_done(result)
 
@@ -42,26 +44,43 @@ class LocalExecutor:
             while pending:
                 finish_first()
         except BudgetExhaustedError:
-            for shard in pending:  # requests in flight finish and are cached: they are paid for
+            # requests in flight finish and are cached: they are paid for
+            for answers in (a for shard in pending for a in shard.answers):
                 try:
-                    shard.answers.result()
+                    answers.result()
                 except BudgetExhaustedError:
                     pass
             raise
         except BaseException:
             for shard in pending:
-                shard.answers.cancel()
+                for answers in shard.answers:
+                    answers.cancel()
             raise
         finally:
             self.counters = teacher_counters(ctx.backend)
 
 
+class _Every:
+    """A cancel check made at most once every POLL_S (on an object store each is a request); False in between."""
+
+    def __init__(self, cancelled: CancelCheck):
+        self.cancelled, self.last = cancelled, time.monotonic()
+
+    def __call__(self) -> bool:
+        if time.monotonic() - self.last < POLL_S:
+            return False
+        self.last = time.monotonic()
+        return self.cancelled()
+
+
 def _answers(future: concurrent.futures.Future, cancelled: CancelCheck):
-    """A shard's completions, looking for a cancel request every POLL_S while they come."""
+    """A batch's completions, looking for a cancel request every POLL_S, however fast batches come back (a job
+    whose batches each take less than that still stops)."""
     while True:
+        if cancelled():
+            future.cancel()
+            raise JobCancelledError("cancelled on request; finished shards are kept")
         try:
             return future.result(timeout=POLL_S)
         except concurrent.futures.TimeoutError:
-            if cancelled():
-                future.cancel()
-                raise JobCancelledError("cancelled on request; finished shards are kept") from None
+            continue

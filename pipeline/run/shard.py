@@ -21,11 +21,9 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from stepwise.pipeline.errors import StepwiseError
-from stepwise.pipeline.parsing import parse_completion
 from stepwise.pipeline.run.context import Item, JobContext
 from stepwise.pipeline.run.summary import SUMMARY_KEY, summary_of_records
 from stepwise.pipeline.types import Completion, Example, RationaleRecord, RejectReason, RowReject, TeacherRequest
-from stepwise.pipeline.validate import judge_example
 from stepwise.prompts import answer_schema
 from stepwise.storage import layout
 from stepwise.storage.location import CorpusLocation
@@ -163,6 +161,10 @@ def plan_shard(ctx: JobContext, items: Sequence[Item]) -> ShardPlan:
 
 def _judged(ctx: JobContext, example: Example, gold: str | None, comps: Sequence[Completion | None]):
     """The parsed samples of one example and their verdicts."""
+    # imported with the first answers (their patterns take a few ms to compile), not before the first request
+    from stepwise.pipeline.parsing import parse_completion
+    from stepwise.pipeline.validate import judge_example
+
     parsed = [parse_completion(c, example, ctx.task, options=ctx.parsing) for c in comps]
     return parsed, judge_example(parsed, gold, ctx.task, ctx.spec.filters, prompt=example.input,
                                  reasoning_tokens=[c.reasoning_tokens if c else None for c in comps])
@@ -191,12 +193,13 @@ def next_round(ctx: JobContext, plan: ShardPlan, completions: Sequence[Completio
     return more
 
 
-def judge_shard(ctx: JobContext, plan: ShardPlan, completions: Sequence[Completion]) -> list[RationaleRecord]:
-    """Parse, judge and turn every sample asked for into a record."""
+def judge(ctx: JobContext, plan: ShardPlan, examples: Sequence[tuple[Example, str | None, str]],
+          completions: Sequence[Completion]) -> list[RationaleRecord]:
+    """Parse, judge and turn every sample asked for of `examples` (some of `plan.ready`) into a record."""
     created = datetime.now(UTC)
     by_key = {(c.example_id, c.sample_idx): c for c in completions}
-    records = list(plan.records)
-    for example, gold, student_input in plan.ready:
+    records = []
+    for example, gold, student_input in examples:
         comps = [by_key.get((example.id, k)) for k in range(plan.asked[example.id])]
         parsed, verdicts = _judged(ctx, example, gold, comps)
         for k, (c, p, v) in enumerate(zip(comps, parsed, verdicts, strict=True)):
@@ -215,33 +218,55 @@ def judge_shard(ctx: JobContext, plan: ShardPlan, completions: Sequence[Completi
     return records
 
 
+PIECES = 4  # a shard's requests go out as this many batches, each judged as it comes back (streaming backends)
+
+
 @dataclass
 class StartedShard:
-    """A shard whose requests are out."""
+    """A shard whose requests are out: in pieces (a run of examples each, with their futures), so that the answers
+    of one piece are judged while the next ones are still coming, and after the last answer of a job only its last
+    piece is left to judge."""
 
     ctx: JobContext
     corpus: CorpusLocation
     index: int
     plan: ShardPlan
-    answers: concurrent.futures.Future
+    pieces: list[tuple[Sequence[tuple[Example, str | None, str]], concurrent.futures.Future]]
+
+    @property
+    def answers(self) -> list[concurrent.futures.Future]:
+        return [answers for _, answers in self.pieces]
 
     def finish(self, wait: Answers = concurrent.futures.Future.result) -> ShardResult:
-        """Wait for the answers (`wait` may raise to give up, e.g. on a cancel), ask for more rounds while
-        examples miss their quota of accepted samples, judge everything, write the part file."""
-        completions = list(wait(self.answers))
-        while more := next_round(self.ctx, self.plan, completions):
-            self.answers = self.ctx.backend.submit(more)
-            completions.extend(wait(self.answers))
-        return write_part(self.corpus, self.ctx.job_id, self.index, judge_shard(self.ctx, self.plan, completions))
+        """Wait for the answers (`wait` may raise to give up, e.g. on a cancel) and judge them piece by piece; with
+        `stop_after_accepted`, ask for more rounds while examples miss their quota, then judge everything. Then
+        write the part file."""
+        records = list(self.plan.records)
+        if self.ctx.spec.sampling.stop_after_accepted is None:
+            for examples, answers in self.pieces:
+                records += judge(self.ctx, self.plan, examples, wait(answers))
+        else:
+            completions = [c for answers in self.answers for c in wait(answers)]
+            while more := next_round(self.ctx, self.plan, completions):
+                self.pieces = [((), self.ctx.backend.submit(more))]
+                completions.extend(wait(self.pieces[0][1]))
+            records += judge(self.ctx, self.plan, self.plan.ready, completions)
+        return write_part(self.corpus, self.ctx.job_id, self.index, records)
 
 
 def start_shard(ctx: JobContext, corpus: CorpusLocation, index: int, items: Sequence[Item]) -> StartedShard | None:
-    """Plan a shard and send its requests; None when it is done already, so a retried or duplicated task never
-    writes a record twice."""
+    """Plan a shard and send its requests (to a streaming backend in PIECES batches, by runs of examples); None
+    when it is done already, so a retried or duplicated task never writes a record twice."""
     if shard_done(corpus, ctx.job_id, index):
         return None
     plan = plan_shard(ctx, items)
-    return StartedShard(ctx, corpus, index, plan, ctx.backend.submit(plan.requests))
+    per_example = ctx.spec.sampling.stop_after_accepted or ctx.spec.sampling.n  # requests each, in plan order
+    size = max(1, -(-len(plan.ready) // (PIECES if ctx.backend.streams else 1)))
+    pieces = []
+    for start in range(0, len(plan.ready), size):
+        requests = plan.requests[start * per_example:(start + size) * per_example]
+        pieces.append((plan.ready[start:start + size], ctx.backend.submit(requests)))
+    return StartedShard(ctx, corpus, index, plan, pieces or [((), ctx.backend.submit([]))])
 
 
 def run_shard(ctx: JobContext, corpus: CorpusLocation, index: int, items: Sequence[Item]) -> ShardResult:

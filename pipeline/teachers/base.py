@@ -36,6 +36,9 @@ class TeacherBackend(Protocol):
     model: str    # the teacher model, recorded with each record
     endpoint: str | None  # the server answering, part of each request's cache key (None: the model says it all)
     events: Callable[[Completion, bool], None] | None  # live backends report each completion as it arrives
+    # its answers come one by one as the teacher gives them (a live server), so a shard sent in pieces is judged
+    # as they come; False: a batch is answered whole (an offline engine, a batch API, a replay), a shard in one
+    streams: bool
 
     def submit(self, requests: Sequence[TeacherRequest]) -> concurrent.futures.Future[list[Completion]]:
         """Start answering; the future holds one Completion per request, in request order."""

@@ -245,6 +245,7 @@ class OpenAIBatchBackend:
     """Teacher backend for the OpenAI Batch API. `submit()` from any thread; `close()` at the end."""
 
     backend = "openai_batch"
+    streams = False
 
     def __init__(self, spec: OpenAIBatchTeacherSpec, cache: RequestCache | None = None,
                  cost: CostSpec | None = None, *, meter=None):

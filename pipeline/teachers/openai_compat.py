@@ -23,12 +23,10 @@ import concurrent.futures
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote
-
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential, wait_random
 
 from stepwise.storage.cache import RequestCache
 from stepwise.pipeline.errors import (
@@ -63,6 +61,18 @@ from stepwise.pipeline.types import Completion, TeacherRequest
 
 EventFn = Callable[[Completion, bool], None]  # (completion, served from cache)
 _MAX_N = 128
+_LOOKUP_RUN = 64  # requests looked up in the cache, and their calls started, at a time
+
+
+def _runs(requests: list[TeacherRequest], size: int) -> Iterator[list[TeacherRequest]]:
+    """`requests` cut into runs of about `size`, never between two samples of one example (one request with n)."""
+    start = 0
+    while start < len(requests):
+        end = min(start + size, len(requests))
+        while end < len(requests) and requests[end].example_id == requests[end - 1].example_id:
+            end += 1
+        yield requests[start:end]
+        start = end
 
 
 @dataclass
@@ -91,6 +101,7 @@ class OpenAIBackend:
     """Teacher backend for OpenAI-compatible servers. Use `submit()` from any thread; `close()` at the end."""
 
     backend = "openai"
+    streams = True
 
     def __init__(self, spec: OpenAITeacherSpec, cache: RequestCache | None = None, cost: CostSpec | None = None,
                  *, rate=None, meter=None, max_error_rate: float | None = None,
@@ -123,9 +134,11 @@ class OpenAIBackend:
         self._budgeted = True  # whether requests are counted against a budget (set with the transport)
         self._tasks: set[asyncio.Future] = set()
         self._batches: set[asyncio.Task] = set()  # the `_complete` calls running
+        self._asked: dict[str, asyncio.Future] = {}  # request key -> its answer, while a call for it is out
         self._pending: list[tuple[list[Completion], asyncio.Future]] = []  # completions waiting for their commit
         self._writing = False  # a commit is running on the writer thread
         self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="stepwise-cache")
+        asyncio.run_coroutine_threadsafe(self._warm(), self._loop)
 
     @classmethod
     def build(cls, spec: OpenAITeacherSpec, options) -> OpenAIBackend:
@@ -169,6 +182,21 @@ class OpenAIBackend:
                                   or not isinstance(self.meter, CostMeter))
             self._slots = AdaptiveConcurrency(s.max_concurrency)
 
+    async def _warm(self) -> None:
+        """Set up the engine and let the transport open its first connection (TCP and TLS handshakes) while the
+        job is still reading its first shard; what fails here is the first request's to meet and report."""
+        task = asyncio.current_task()
+        self._tasks.add(task)
+        try:
+            self._ensure_started()
+            warm = getattr(self._transport, "warm", None)
+            if warm is not None:
+                await warm()
+        except Exception:  # reported by the request that meets it
+            pass
+        finally:
+            self._tasks.discard(task)
+
     async def _complete(self, requests: list[TeacherRequest]) -> list[Completion]:
         batch = asyncio.current_task()
         self._batches.add(batch)
@@ -178,29 +206,50 @@ class OpenAIBackend:
             self._batches.discard(batch)
 
     async def _complete_batch(self, requests: list[TeacherRequest]) -> list[Completion]:
+        """Look up a run of requests in the cache, start the calls it misses, let them go out, then the next run:
+        the first request leaves after one run's lookups, not the whole batch's. A request asked for twice is
+        sent once: twice in this batch, or while another batch's call for it is out (its answer serves both)."""
         self._ensure_started()
-        keys = [r.cache_key() for r in requests]
-        cached = self.cache.get_many(keys) if self.cache is not None else {}
+        keys: list[str] = []
         results: dict[str, Completion] = {}
-        groups: dict[tuple, list[tuple[TeacherRequest, str]]] = defaultdict(list)
         first_seen: set[str] = set()
-        for req, key in zip(requests, keys, strict=True):
-            if key in cached:
-                results[key] = await self._from_cache(cached[key], req)
-            elif key not in first_seen:  # identical requests (two examples, one prompt) are sent once
-                first_seen.add(key)
-                # the samples of one example share one messages tuple (built once per example)
-                groups[(req.example_id, id(req.messages), req.followup, req.response_schema)].append((req, key))
-        calls = []
-        for members in groups.values():
-            if members[0][0].followup is not None:
-                calls.extend(self._two_stage(req, key) for req, key in members)
-            elif self.spec.supports_n and len(members) > 1:
-                calls.extend(self._call(members[i:i + _MAX_N]) for i in range(0, len(members), _MAX_N))
-            else:
-                calls.extend(self._call([m]) for m in members)
-        tasks = [asyncio.ensure_future(c) for c in calls]
-        self._tasks.update(tasks)
+        mine: dict[str, asyncio.Future] = {}  # the requests this batch asks the teacher for
+        shared: dict[str, tuple[TeacherRequest, asyncio.Future]] = {}  # those another batch's call is out for
+        tasks: list[asyncio.Future] = []
+        try:
+            for run in _runs(requests, _LOOKUP_RUN):
+                if self._fatal is not None:
+                    break
+                run_keys = [r.cache_key() for r in run]
+                keys += run_keys
+                cached = self.cache.get_many(run_keys) if self.cache is not None else {}
+                groups: dict[tuple, list[tuple[TeacherRequest, str]]] = defaultdict(list)
+                for req, key in zip(run, run_keys, strict=True):
+                    if key in cached:
+                        results[key] = await self._from_cache(cached[key], req)
+                    elif key in first_seen:  # identical requests (two examples, one prompt) are sent once
+                        continue
+                    elif key in self._asked:
+                        first_seen.add(key)
+                        shared[key] = (req, self._asked[key])
+                    else:
+                        first_seen.add(key)
+                        mine[key] = self._asked[key] = self._loop.create_future()
+                        # the samples of one example share one messages tuple (built once per example)
+                        groups[(req.example_id, id(req.messages), req.followup, req.response_schema)].append(
+                            (req, key))
+                started = [self._start(call, {k: mine[k] for k in answers})
+                           for call, answers in self._calls(groups.values())]
+                tasks += started
+                self._tasks.update(started)
+                if started:
+                    await asyncio.sleep(0)  # they take their first step (a request out) before the next run
+        except BaseException:  # a lookup failed, or the batch was cancelled: the calls started stop too
+            for t in tasks:
+                t.cancel()
+            self._tasks.difference_update(tasks)
+            self._answered(mine, None)  # those never started: their sharers ask for themselves
+            raise
         try:
             for done in await asyncio.gather(*tasks, return_exceptions=True):
                 if isinstance(done, BaseException):
@@ -214,6 +263,12 @@ class OpenAIBackend:
                     t.cancel()
         if self._fatal is not None:
             raise self._fatal
+        for key, (req, answer) in shared.items():
+            c = await asyncio.shield(answer)  # (a batch cancelled while it waits leaves the answer to the others)
+            if c is None:  # that call failed or was cancelled: asked for here
+                ((call, _),) = self._calls([[(req, key)]])
+                c = (await call)[0]
+            results[key] = c
         out = []
         for req, key in zip(requests, keys, strict=True):
             c = results[key]
@@ -221,6 +276,36 @@ class OpenAIBackend:
                 c = replace(c, example_id=req.example_id, sample_idx=req.sample_idx)
             out.append(c)
         return out
+
+    def _calls(self, groups) -> list[tuple[Coroutine, list[str]]]:
+        """The calls for groups of requests (the samples of one example), with the keys each answers: two-stage
+        ones one by one, the rest together with `n` where the server supports it."""
+        calls = []
+        for members in groups:
+            if members[0][0].followup is not None:
+                calls.extend((self._two_stage(req, key), [key]) for req, key in members)
+            elif self.spec.supports_n and len(members) > 1:
+                calls.extend((self._call(members[i:i + _MAX_N]), [k for _, k in members[i:i + _MAX_N]])
+                             for i in range(0, len(members), _MAX_N))
+            else:
+                calls.extend((self._call([m]), [m[1]]) for m in members)
+        return calls
+
+    def _start(self, call: Coroutine, answers: dict[str, asyncio.Future]) -> asyncio.Future:
+        """A call as a task; when it ends, the batches that share its requests get its answers."""
+        task = asyncio.ensure_future(call)
+        task.add_done_callback(lambda t: self._answered(answers, None if t.cancelled() or t.exception() else
+                                                        t.result()))
+        return task
+
+    def _answered(self, answers: dict[str, asyncio.Future], completions: list[Completion] | None) -> None:
+        """Hand the answers of a call to the batches sharing its requests (None: it failed, each asks itself)."""
+        got = {c.request_key: c for c in completions or ()}
+        for key, answer in answers.items():
+            if self._asked.get(key) is answer:
+                del self._asked[key]
+            if not answer.done():
+                answer.set_result(got.get(key))
 
     async def _from_cache(self, c: Completion, req: TeacherRequest) -> Completion:
         c = replace(c, example_id=req.example_id, sample_idx=req.sample_idx, latency_s=0.0,
@@ -350,8 +435,19 @@ class OpenAIBackend:
                 raise
             self.stats.retries += 1
             await asyncio.sleep(self._first_wait(exc))
+        # imported with the first retry: a run whose requests all succeed never loads it
+        from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential, wait_random
+
+        backoff = wait_exponential(multiplier=1.0, max=30.0) + wait_random(0, 0.5)  # from the second retry on
+
+        def wait(state) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
+                return exc.retry_after
+            return backoff(state)
+
         retrying = AsyncRetrying(retry=retry_if_exception_type(TransientTeacherError),
-                                 stop=stop_after_attempt(self.spec.max_attempts - 1), wait=self._wait, reraise=True,
+                                 stop=stop_after_attempt(self.spec.max_attempts - 1), wait=wait, reraise=True,
                                  before_sleep=self._count_retry)
         async for attempt in retrying:
             with attempt:
@@ -363,14 +459,6 @@ class OpenAIBackend:
         if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
             return exc.retry_after
         return 0.5 + random.uniform(0, 0.5)
-
-    _backoff = wait_exponential(multiplier=1.0, max=30.0) + wait_random(0, 0.5)  # from the second retry on
-
-    def _wait(self, state) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
-            return exc.retry_after
-        return self._backoff(state)
 
     def _count_retry(self, state) -> None:
         self.stats.retries += 1

@@ -106,6 +106,7 @@ class ReplayBackend:
     """A teacher that answers from recorded completions."""
 
     backend = "replay"
+    streams = False
     endpoint = None  # no server: the model (a path or hub id) names the weights
     events = None
 

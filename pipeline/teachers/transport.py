@@ -361,6 +361,21 @@ class HttpToolsTransport:
             raise_for_status(status, raw.decode("utf-8", errors="replace"), got, self.secret)
         return parse_chat_text(raw, got)
 
+    async def warm(self) -> None:
+        """Open one connection ahead of the first request and pool it, unless one is open or opening; a failure
+        is left for the first request, which opens its own and reports it."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        if self._open:
+            return
+        self._open += 1
+        try:
+            async with asyncio.timeout(self.timeout_s or 60):
+                conn = await self._connect()
+        except Exception:  # `_connect` gave its slot back
+            return
+        self._release(conn, True)
+
     async def _acquire(self) -> _Connection:
         while self._idle:
             conn = self._idle.pop()

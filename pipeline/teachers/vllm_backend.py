@@ -107,6 +107,7 @@ class VLLMBackend:
     """Teacher backend running `vllm.LLM` in this process (a Ray worker actor that holds the GPUs)."""
 
     backend = "vllm"
+    streams = False
     endpoint = None  # no server: the model (a path or hub id) names the weights
     events = None
 

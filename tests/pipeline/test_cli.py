@@ -300,15 +300,56 @@ def test_run_parses_its_flags_without_loading_the_export_or_trainer_modules():
 def test_a_run_reaches_its_first_request_without_pyarrow_aiohttp_or_pandas():
     """What `stepwise run` imports before its first request (the CLI, the run layer, the default teacher engine
     and its transport) holds none of pyarrow (imported with the first part file), aiohttp (the default transport
-    is httptools') or pandas; and in a run process pandas is refused, yet pyarrow still converts lists."""
+    is httptools'), pandas, rich (the display comes once the first shard is out), tenacity (the first retry
+    loads it) or the parsing and validation of answers (the first answers do); and in a run process pandas is
+    refused, yet pyarrow still converts lists."""
     import subprocess
     import sys
 
     code = ("import sys; import stepwise.pipeline.cli, stepwise.pipeline.run.job, stepwise.pipeline.run.local, "
             "stepwise.pipeline.teachers.openai_compat; "
             "from stepwise.pipeline.teachers.transport import import_transport; import_transport('httptools'); "
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'pyarrow', 'aiohttp', 'pandas', 'numpy'})); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'pyarrow', 'aiohttp', 'pandas', 'numpy', "
+            "'rich', 'tenacity'} | {m for m in sys.modules if m.startswith(('stepwise.pipeline.parsing', "
+            "'stepwise.pipeline.validate'))})); "
             "from stepwise.pipeline.cli.jobs import refuse_pandas; refuse_pandas(); import pyarrow as pa; "
             "print(pa.array(['a', None]).to_pylist(), 'pandas' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.splitlines() == ["[]", "['a', None] False"]
+
+
+def _completion(i: int):
+    from stepwise.pipeline.types import Completion
+
+    return Completion(f"k{i}", f"ex{i}", 0, "So the answer is 4.", tokens_in=10, tokens_out=5)
+
+
+def test_the_bar_comes_at_the_start_and_counts_the_completions_reported_before_it():
+    """The live bar is made when the job reports its start; completions reported earlier (the teacher's thread
+    does not wait for it) are counted in it then."""
+    from stepwise.pipeline.cli.console import Display
+
+    display = Display("job", quiet=False)
+    try:
+        for i in range(3):
+            display.completion(_completion(i), False)
+        assert display.bar is None
+        display.start(10, 1, True)
+        display.completion(_completion(3), True)
+        bar = display.bar
+        assert bar is not None and bar.tokens == 4 * 15
+        assert bar.progress.tasks[0].completed == 4 and bar.progress.tasks[0].total == 10
+    finally:
+        display.close()
+
+
+def test_a_quiet_display_keeps_no_completion():
+    """With --quiet there is no bar: completions are not held for one (a 10M-request job would keep them all)."""
+    from stepwise.pipeline.cli.console import Display
+
+    display = Display("job", quiet=True)
+    for i in range(1000):
+        display.completion(_completion(i), False)
+    display.start(1000, 1, True)
+    display.close()
+    assert display.bar is None and display._early == []

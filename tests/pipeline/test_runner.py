@@ -133,3 +133,24 @@ def test_the_end_summary_keeps_what_the_run_wrote_and_reads_the_footers_of_the_r
     from_files = summaries.summarize(corpus, "kill-test")
     assert len(read) == 3 and [getattr(from_files, f) for f in fields] == [getattr(first, f) for f in fields]
     assert first.n_records == 500 and 0 < first.n_accepted < 500
+
+
+
+def test_a_replayed_shard_goes_out_as_one_batch(tmp_path):
+    """A backend that answers a batch whole (a replay, an offline engine, a batch API) gets a shard in one batch;
+    pieces are for live servers (test_live_jobs.py)."""
+    from stepwise.pipeline.datasets import read_examples
+    from stepwise.pipeline.run.context import first_items, prepare_context
+    from stepwise.pipeline.run.shard import start_shard
+    from stepwise.storage.location import CorpusLocation
+
+    spec = load_job(make_job(tmp_path, 10, samples=3, shard_size=10))
+    sample = first_items(spec)
+    ctx = prepare_context(spec, sample)
+    sample.close()
+    try:
+        started = start_shard(ctx, CorpusLocation.of(tmp_path / "corpus"), 0, list(read_examples(spec.dataset)))
+        assert len(started.answers) == 1
+        assert started.finish().records == 30
+    finally:
+        ctx.backend.close()

@@ -291,6 +291,25 @@ def test_sequential_requests_share_one_keep_alive_connection(run):
     assert srv.accepted == 1 and len(srv.requests) == 20
 
 
+def test_warm_opens_one_connection_that_the_first_request_uses(run):
+    """warm() connects before any request (no request is sent), and only once; the first requests reuse it."""
+
+    async def main():
+        srv = await serve(reply())
+        t = client(srv)
+        await t.warm()
+        await until(lambda: srv.accepted == 1, "the warm connection accepted")
+        await t.warm()  # one is open: nothing more
+        before = (srv.accepted, len(srv.requests))
+        out = [await t.chat(BODY, {}) for _ in range(3)]
+        await t.close()
+        return srv, before, out
+
+    srv, before, out = run(main())
+    assert before == (1, 0)
+    assert all(map(is_ok, out)) and srv.accepted == 1 and [r.conn for r in srv.requests] == [0, 0, 0]
+
+
 def test_concurrent_requests_open_at_most_max_connections_plus_8(run):
     """50 concurrent requests with max_connections=4 open exactly 4 + 8 connections, reused, and all succeed."""
 
@@ -416,14 +435,20 @@ def test_a_connection_closed_without_an_answer_is_a_connection_error_and_the_poo
     assert srv.accepted == failures + 9  # the successes shared the pool's 1 + 8 connections
 
 
-def test_nothing_listening_is_a_connection_error_every_time(run):
-    """A refused connection is TeacherConnectionError, and gives its slot back (the 10th is not a timeout)."""
+@pytest.mark.parametrize("warm_first", [False, True])
+def test_nothing_listening_is_a_connection_error_every_time(run, warm_first):
+    """A refused connection is TeacherConnectionError, and gives its slot back (the 10th is not a timeout). Warm-ups
+    before it (`warm_first`) raise nothing and keep no slot: the requests then fail as they always do."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
 
     async def main():
         t = client(f"http://127.0.0.1:{port}/v1", max_connections=1, timeout_s=1.0)
+        if warm_first:
+            for _ in range(10):
+                await t.warm()
+            assert t._open == 0  # each failed warm-up gave its slot back (a kept one stops the next from trying)
         errors = []
         for _ in range(10):
             with pytest.raises(TeacherConnectionError) as caught:

@@ -12,9 +12,11 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from stepwise.pipeline.spec import load_job
 from stepwise.storage.catalog import query
 from tests.conftest import sigkill_when, write_jsonl
 
@@ -267,3 +269,39 @@ def test_a_fault_run_finishes_with_every_example_accounted_for_and_nothing_paid_
     assert stats["completed_more_than_once"] == 0
     assert stats["distinct_completed"] == 2 * n  # every sample was completed, each exactly once
     assert {"500", "503", "malformed"} <= set(stats["statuses"])  # the faults really happened
+
+
+def test_a_shard_goes_out_in_pieces_of_whole_examples_judged_in_order(start_sim, tmp_path):
+    """To a live server a shard's requests go as PIECES batches of whole examples (every sample of one example in
+    one piece), each waited for, then judged, in order; the part file holds every sample of every example in
+    order."""
+    from stepwise.pipeline.datasets import read_examples
+    from stepwise.pipeline.run.context import first_items, prepare_context
+    from stepwise.pipeline.run.shard import PIECES, start_shard
+    from stepwise.storage import layout
+    from stepwise.storage.location import CorpusLocation
+
+    sim = start_sim("--latency", "0.02")
+    spec = load_job(make_job(tmp_path, 10, sampling={"n": 3}), overrides=[f"teacher.base_url={sim.base_url}"])
+    sample = first_items(spec)
+    ctx = prepare_context(spec, sample, corpus=tmp_path / "corpus")
+    sample.close()
+    waited: list[list[tuple[str, int]]] = []
+
+    def wait(answers):
+        got = answers.result()
+        waited.append([(c.example_id, c.sample_idx) for c in got])
+        return got
+
+    try:
+        started = start_shard(ctx, CorpusLocation.of(tmp_path / "corpus"), 0, list(read_examples(spec.dataset)))
+        assert len(started.answers) == PIECES == 4
+        result = started.finish(wait)
+    finally:
+        ctx.backend.close()
+    expected = [(f"p{i:03d}", k) for i in range(10) for k in range(3)]
+    assert [len(piece) for piece in waited] == [9, 9, 9, 3]  # 3, 3, 3 and 1 examples of 3 samples
+    assert [key for piece in waited for key in piece] == expected
+    assert result.records == 30
+    table = pq.read_table(tmp_path / "corpus" / Path(*layout.part("live", 0)))
+    assert list(zip(table["example_id"].to_pylist(), table["sample_idx"].to_pylist())) == expected

@@ -4,6 +4,7 @@ against the simulator is in test_engine.py and test_failures.py."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -126,3 +127,66 @@ def test_the_samples_of_an_example_go_in_one_call_with_n(engine):
     answers = backend.complete(requests(2, samples=3))
     assert [b.get("n") for b in transport.bodies] == [3, 3]
     assert [(a.example_id, a.sample_idx) for a in answers] == [(f"ex{i}", k) for i in range(2) for k in range(3)]
+
+
+def test_a_batch_larger_than_one_lookup_run_keeps_each_examples_samples_in_one_call(engine):
+    """A shard is looked up and started a run of requests at a time; a run never splits an example, so 50 examples
+    of 5 samples are 50 calls with n=5, and every answer comes back in order."""
+    transport = ScriptedTransport()
+    backend = engine(transport)
+    answers = backend.complete(requests(50, samples=5))
+    assert [b.get("n") for b in transport.bodies] == [5] * 50
+    assert sorted(b["messages"][0]["content"] for b in transport.bodies) == sorted(f"question {i}" for i in range(50))
+    assert [(a.example_id, a.sample_idx) for a in answers] == [(f"ex{i}", k) for i in range(50) for k in range(5)]
+
+
+def test_identical_requests_in_different_lookup_runs_are_sent_once(engine):
+    """The first and the last of 200 examples ask the same thing: one call answers both."""
+    transport = ScriptedTransport()
+    backend = engine(transport)
+    reqs = requests(200)
+    reqs[-1] = TeacherRequest("ex199", 0, reqs[0].messages, Sampling(), "p", None, "openai", "m")
+    answers = backend.complete(reqs)
+    assert len(transport.bodies) == 199
+    assert answers[-1].example_id == "ex199" and answers[-1].text == answers[0].text
+
+
+class SlowTransport(ScriptedTransport):
+    """Answers after `delay` seconds, so that batches submitted together are out at the same time."""
+
+    def __init__(self, delay: float):
+        super().__init__()
+        self.delay = delay
+        self.calls = 0  # begun (a cancelled one is not answered, nor kept in `bodies`)
+
+    async def chat(self, body, headers) -> ChatResponse:
+        self.calls += 1
+        await asyncio.sleep(self.delay)
+        return await super().chat(body, headers)
+
+
+def test_a_request_out_for_one_batch_serves_another_batch_that_asks_for_it(engine):
+    """Two batches (two shards, or two pieces of one) that ask for the same thing while its call is out pay once;
+    each gets its own answer, under its own example id."""
+    transport = SlowTransport(0.2)
+    backend = engine(transport)
+    first = requests(3)
+    second = [TeacherRequest("other", 0, first[1].messages, Sampling(), "p", None, "openai", "m")]
+    a, b = backend.submit(first), backend.submit(second)
+    (shared,), answers = b.result(timeout=10), a.result(timeout=10)
+    assert transport.calls == len(transport.bodies) == 3
+    assert (shared.example_id, shared.text) == ("other", answers[1].text)
+
+
+def test_a_batch_whose_call_it_shared_was_cancelled_asks_for_itself(engine):
+    """When the batch that sent a shared request is cancelled, the batch waiting for that answer sends it itself."""
+    transport = SlowTransport(0.3)
+    backend = engine(transport)
+    first = requests(1)
+    second = [TeacherRequest("other", 0, first[0].messages, Sampling(), "p", None, "openai", "m")]
+    a, b = backend.submit(first), backend.submit(second)
+    time.sleep(0.1)  # both are out (the second waiting on the first's call)
+    a.cancel()
+    (answer,) = b.result(timeout=10)
+    assert answer.example_id == "other" and answer.text
+    assert transport.calls == 2 and len(transport.bodies) == 1  # the cancelled call, then its own
