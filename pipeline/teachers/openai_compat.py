@@ -61,18 +61,19 @@ from stepwise.pipeline.types import Completion, TeacherRequest
 
 EventFn = Callable[[Completion, bool], None]  # (completion, served from cache)
 _MAX_N = 128
-_LOOKUP_RUN = 64  # requests looked up in the cache, and their calls started, at a time
+_LOOKUP_RUN = 64  # the first run of a batch looked up in the cache and started; each next run twice as long
 
 
 def _runs(requests: list[TeacherRequest], size: int) -> Iterator[list[TeacherRequest]]:
-    """`requests` cut into runs of about `size`, never between two samples of one example (one request with n)."""
+    """`requests` cut into runs of about `size`, twice that, four times... (the first requests go out at once, and
+    a batch takes a handful of lookups), never between two samples of one example (one request with n)."""
     start = 0
     while start < len(requests):
         end = min(start + size, len(requests))
         while end < len(requests) and requests[end].example_id == requests[end - 1].example_id:
             end += 1
         yield requests[start:end]
-        start = end
+        start, size = end, size * 2
 
 
 @dataclass
@@ -134,7 +135,8 @@ class OpenAIBackend:
         self._budgeted = True  # whether requests are counted against a budget (set with the transport)
         self._tasks: set[asyncio.Future] = set()
         self._batches: set[asyncio.Task] = set()  # the `_complete` calls running
-        self._asked: dict[str, asyncio.Future] = {}  # request key -> its answer, while a call for it is out
+        # request key -> the batches waiting for its answer (None: none yet), while a call for it is out
+        self._asked: dict[str, list[asyncio.Future] | None] = {}
         self._pending: list[tuple[list[Completion], asyncio.Future]] = []  # completions waiting for their commit
         self._writing = False  # a commit is running on the writer thread
         self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="stepwise-cache")
@@ -206,14 +208,14 @@ class OpenAIBackend:
             self._batches.discard(batch)
 
     async def _complete_batch(self, requests: list[TeacherRequest]) -> list[Completion]:
-        """Look up a run of requests in the cache, start the calls it misses, let them go out, then the next run:
-        the first request leaves after one run's lookups, not the whole batch's. A request asked for twice is
+        """Look up a run of requests in the cache, start the calls it misses, let them go out, then the next run
+        (`_runs`): the first request leaves after one short run's lookups, not the whole batch's. A request asked for twice is
         sent once: twice in this batch, or while another batch's call for it is out (its answer serves both)."""
         self._ensure_started()
         keys: list[str] = []
         results: dict[str, Completion] = {}
         first_seen: set[str] = set()
-        mine: dict[str, asyncio.Future] = {}  # the requests this batch asks the teacher for
+        mine: list[str] = []  # the requests this batch asks the teacher for
         shared: dict[str, tuple[TeacherRequest, asyncio.Future]] = {}  # those another batch's call is out for
         tasks: list[asyncio.Future] = []
         try:
@@ -229,17 +231,20 @@ class OpenAIBackend:
                         results[key] = await self._from_cache(cached[key], req)
                     elif key in first_seen:  # identical requests (two examples, one prompt) are sent once
                         continue
-                    elif key in self._asked:
+                    elif key in self._asked:  # another batch's call for it is out: its answer serves both
                         first_seen.add(key)
-                        shared[key] = (req, self._asked[key])
+                        answer = self._loop.create_future()
+                        shared[key] = (req, answer)
+                        self._asked[key] = [*(self._asked[key] or ()), answer]
                     else:
                         first_seen.add(key)
-                        mine[key] = self._asked[key] = self._loop.create_future()
+                        self._asked[key] = None
+                        mine.append(key)
                         # the samples of one example share one messages tuple (built once per example)
                         groups[(req.example_id, id(req.messages), req.followup, req.response_schema)].append(
                             (req, key))
-                started = [self._start(call, {k: mine[k] for k in answers})
-                           for call, answers in self._calls(groups.values())]
+                started = [asyncio.ensure_future(self._owned(call, call_keys))
+                           for call, call_keys in self._calls(groups.values())]
                 tasks += started
                 self._tasks.update(started)
                 if started:
@@ -248,7 +253,7 @@ class OpenAIBackend:
             for t in tasks:
                 t.cancel()
             self._tasks.difference_update(tasks)
-            self._answered(mine, None)  # those never started: their sharers ask for themselves
+            self._answered(mine, None)  # (a call cancelled before its first step says nothing): each sharer asks
             raise
         try:
             for done in await asyncio.gather(*tasks, return_exceptions=True):
@@ -264,7 +269,7 @@ class OpenAIBackend:
         if self._fatal is not None:
             raise self._fatal
         for key, (req, answer) in shared.items():
-            c = await asyncio.shield(answer)  # (a batch cancelled while it waits leaves the answer to the others)
+            c = await answer
             if c is None:  # that call failed or was cancelled: asked for here
                 ((call, _),) = self._calls([[(req, key)]])
                 c = (await call)[0]
@@ -291,21 +296,28 @@ class OpenAIBackend:
                 calls.extend((self._call([m]), [m[1]]) for m in members)
         return calls
 
-    def _start(self, call: Coroutine, answers: dict[str, asyncio.Future]) -> asyncio.Future:
-        """A call as a task; when it ends, the batches that share its requests get its answers."""
-        task = asyncio.ensure_future(call)
-        task.add_done_callback(lambda t: self._answered(answers, None if t.cancelled() or t.exception() else
-                                                        t.result()))
-        return task
+    async def _owned(self, call: Coroutine, keys: list[str]) -> list[Completion]:
+        """A call for requests this batch registered as out; when it ends, the batches waiting for them get its
+        answers."""
+        out = None
+        try:
+            out = await call
+            return out
+        finally:
+            self._answered(keys, out)
 
-    def _answered(self, answers: dict[str, asyncio.Future], completions: list[Completion] | None) -> None:
-        """Hand the answers of a call to the batches sharing its requests (None: it failed, each asks itself)."""
-        got = {c.request_key: c for c in completions or ()}
-        for key, answer in answers.items():
-            if self._asked.get(key) is answer:
-                del self._asked[key]
-            if not answer.done():
-                answer.set_result(got.get(key))
+    def _answered(self, keys: list[str], completions: list[Completion] | None) -> None:
+        """`keys` are no longer out; the batches waiting for them get their answers (None when the call failed or
+        was cancelled: each then asks for itself)."""
+        got = None
+        for key in keys:
+            waiting = self._asked.pop(key, None)
+            if waiting:
+                if got is None:
+                    got = {c.request_key: c for c in completions or ()}
+                for answer in waiting:
+                    if not answer.done():
+                        answer.set_result(got.get(key))
 
     async def _from_cache(self, c: Completion, req: TeacherRequest) -> Completion:
         c = replace(c, example_id=req.example_id, sample_idx=req.sample_idx, latency_s=0.0,
