@@ -17,8 +17,8 @@ printed over several launches of a small job (`--starts`, median and each), one 
     python bench/scale.py --sizes 10000000 --no-reference   # the 10M run: runs to the end under the ceiling?
     python bench/scale.py --latency 0.5 --capacity 128 --sizes 2000   # the span beside plain aiohttp at 0.5 s
 
-The package is byte-compiled first, as an installed one is (`--source-only` skips that: these machines set
-PYTHONDONTWRITEBYTECODE, so an editable checkout compiles every module from source at each start).
+The package is byte-compiled first, as an installed one is (`--source-only` removes its bytecode instead: these
+machines set PYTHONDONTWRITEBYTECODE, so an editable checkout compiles every module from source at each start).
 """
 
 from __future__ import annotations
@@ -181,14 +181,23 @@ def run_stepwise(job: Path, corpus: Path, url: str, quiet: bool = True) -> dict:
             "cpu_s": round(usage.ru_utime + usage.ru_stime, 1)}
 
 
+PACKAGE = ("stepwise", "pipeline", "storage", "api", "prompts")  # the folders of the package's modules
+
+
 def compile_bytecode() -> bool:
     """Byte-compile the package, as `pip install` does for an installed one: with PYTHONDONTWRITEBYTECODE set (as
     on these machines) an editable checkout never writes its .pyc files and compiles every module from source at
     each start, about 0.1 s of the time to the first request. Returns whether every module compiled."""
     import compileall
 
-    return all(compileall.compile_dir(ROOT / folder, quiet=1) for folder in ("stepwise", "pipeline", "storage",
-                                                                             "api", "prompts"))
+    return all(compileall.compile_dir(ROOT / folder, quiet=1) for folder in PACKAGE)
+
+
+def remove_bytecode() -> None:
+    """The package's compiled bytecode removed (`--source-only`: start-up as an editable checkout without it)."""
+    for folder in PACKAGE:
+        for cache in (ROOT / folder).rglob("__pycache__"):
+            shutil.rmtree(cache, ignore_errors=True)
 
 
 def main() -> None:
@@ -203,9 +212,11 @@ def main() -> None:
                     help="launches of a 2,000-example job whose start-up and exit times are printed (median and "
                          "each): one launch per size is a single sample on a shared, noisy machine")
     ap.add_argument("--source-only", action="store_true",
-                    help="do not byte-compile the package first (start-up as an editable checkout without .pyc)")
+                    help="remove the package's bytecode first (start-up as an editable checkout without .pyc)")
     args = ap.parse_args()
-    if not args.source_only and not compile_bytecode():
+    if args.source_only:
+        remove_bytecode()
+    elif not compile_bytecode():
         sys.exit("the package did not byte-compile")
     folder = Path(args.keep or tempfile.mkdtemp(prefix="stepwise-scale-"))
     folder.mkdir(parents=True, exist_ok=True)

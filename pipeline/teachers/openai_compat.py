@@ -209,8 +209,9 @@ class OpenAIBackend:
 
     async def _complete_batch(self, requests: list[TeacherRequest]) -> list[Completion]:
         """Look up a run of requests in the cache, start the calls it misses, let them go out, then the next run
-        (`_runs`): the first request leaves after one short run's lookups, not the whole batch's. A request asked for twice is
-        sent once: twice in this batch, or while another batch's call for it is out (its answer serves both)."""
+        (`_runs`): the first request leaves after one short run's lookups, not the whole batch's. A request asked
+        for twice is sent once: twice in this batch, or while another batch's call for it is out (its answer
+        serves both)."""
         self._ensure_started()
         keys: list[str] = []
         results: dict[str, Completion] = {}
@@ -253,7 +254,7 @@ class OpenAIBackend:
             for t in tasks:
                 t.cancel()
             self._tasks.difference_update(tasks)
-            self._answered(mine, None)  # (a call cancelled before its first step says nothing): each sharer asks
+            self._answered(mine, None)  # each sharer asks for itself (a call cancelled unstarted tells none)
             raise
         try:
             for done in await asyncio.gather(*tasks, return_exceptions=True):
