@@ -266,7 +266,7 @@ def start_shard(ctx: JobContext, corpus: CorpusLocation, index: int, items: Sequ
     for start in range(0, len(plan.ready), size):
         requests = plan.requests[start * per_example:(start + size) * per_example]
         pieces.append((plan.ready[start:start + size], ctx.backend.submit(requests)))
-    return StartedShard(ctx, corpus, index, plan, pieces or [((), ctx.backend.submit([]))])
+    return StartedShard(ctx, corpus, index, plan, pieces)  # none when every row was bad: nothing to ask
 
 
 def run_shard(ctx: JobContext, corpus: CorpusLocation, index: int, items: Sequence[Item]) -> ShardResult:
